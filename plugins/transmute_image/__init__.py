@@ -1,0 +1,1 @@
+"""Built-in image plugin: load, fit to a multiple of N, save (stages added next)."""

@@ -1,0 +1,3 @@
+"""transmute: translate audio and images between domains through plugin stages."""
+
+__version__ = "0.1.0"

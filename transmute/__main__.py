@@ -1,0 +1,3 @@
+from transmute.cli import main
+
+main()

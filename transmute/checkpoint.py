@@ -1,0 +1,122 @@
+"""The one checkpoint format: a safetensors file whose header carries JSON metadata.
+
+    {"format": "transmute.checkpoint", "format_version": 1,
+     "plugin": "cyclegan_vc", "model": "generator", "version": "1.0",
+     "hparams": {...}, "feature_spec": {...} or null, "extra": {...}}
+
+Weights and metadata live in one file, written atomically. Loading never
+unpickles: safetensors holds plain tensors, the metadata is JSON. A checkpoint
+from another plugin or model, or from an incompatible major version, is refused
+with a message that names the file and both values.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from transmute.errors import CheckpointError
+from transmute.files import atomic_path
+
+FORMAT = "transmute.checkpoint"
+FORMAT_VERSION = 1
+_META_KEY = "transmute"
+
+
+@dataclass
+class Checkpoint:
+    tensors: dict[str, Any]
+    plugin: str
+    model: str
+    version: str
+    hparams: dict = field(default_factory=dict)
+    feature_spec: dict | None = None
+    extra: dict = field(default_factory=dict)
+    path: Path | None = None
+
+    def metadata(self) -> dict:
+        return {
+            "format": FORMAT, "format_version": FORMAT_VERSION, "plugin": self.plugin,
+            "model": self.model, "version": self.version, "hparams": self.hparams,
+            "feature_spec": self.feature_spec, "extra": self.extra,
+        }
+
+
+def save_checkpoint(path: str | Path, checkpoint: Checkpoint) -> Path:
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    tensors = {k: v.detach().contiguous().cpu() for k, v in checkpoint.tensors.items()}
+    header = {_META_KEY: json.dumps(checkpoint.metadata(), sort_keys=True)}
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=header)
+    return path
+
+
+def read_metadata(path: str | Path) -> dict:
+    """The JSON metadata of a checkpoint, without reading its tensors."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found")
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            header = handle.metadata() or {}
+    except Exception as exc:
+        raise CheckpointError(f"{path}: not a safetensors checkpoint ({' '.join(str(exc).split())})") from None
+    if _META_KEY not in header:
+        raise CheckpointError(f"{path}: a safetensors file, but not a transmute checkpoint (no metadata)")
+    try:
+        meta = json.loads(header[_META_KEY])
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{path}: checkpoint metadata is not valid JSON ({exc})") from None
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a transmute checkpoint (format {meta.get('format')!r})")
+    if int(meta.get("format_version", 0)) > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path}: checkpoint format {meta.get('format_version')} is newer than this transmute "
+            f"understands ({FORMAT_VERSION}); upgrade transmute"
+        )
+    return meta
+
+
+def _major(version: str) -> str:
+    return str(version).split(".", 1)[0]
+
+
+def load_checkpoint(
+    path: str | Path,
+    *,
+    plugin: str | None = None,
+    model: str | None = None,
+    version: str | None = None,
+    device: str = "cpu",
+) -> Checkpoint:
+    """Load and verify a checkpoint. `version` is the reader's model version: majors must match."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    meta = read_metadata(path)
+    for key, want in (("plugin", plugin), ("model", model)):
+        if want is not None and meta.get(key) != want:
+            raise CheckpointError(
+                f"{path}: checkpoint is for {key} '{meta.get(key)}', expected '{want}' "
+                f"(made by plugin '{meta.get('plugin')}', model '{meta.get('model')}')"
+            )
+    if version is not None and _major(meta.get("version", "0")) != _major(version):
+        raise CheckpointError(
+            f"{path}: checkpoint version {meta.get('version')} is incompatible with this plugin's "
+            f"version {version} (major versions differ); retrain or use a matching plugin version"
+        )
+    try:
+        tensors = load_file(str(path), device=str(device))
+    except Exception as exc:
+        raise CheckpointError(f"{path}: cannot read checkpoint tensors ({' '.join(str(exc).split())})") from None
+    return Checkpoint(
+        tensors=tensors, plugin=meta.get("plugin", ""), model=meta.get("model", ""),
+        version=str(meta.get("version", "")), hparams=meta.get("hparams") or {},
+        feature_spec=meta.get("feature_spec"), extra=meta.get("extra") or {}, path=path,
+    )

@@ -1,0 +1,275 @@
+"""The `transmute` command line.
+
+Importing this module must stay cheap: `transmute --help` imports click, pluggy
+and the plugin modules' hook files, never torch.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from transmute import __version__
+from transmute.errors import TransmuteError
+
+
+class TransmuteGroup(click.Group):
+    """Adds plugin commands lazily and turns user errors into one-line messages."""
+
+    def _plugin_commands(self) -> None:
+        from transmute.plugins import get_manager
+
+        get_manager().add_commands(self)
+
+    def list_commands(self, ctx):
+        self._plugin_commands()
+        return super().list_commands(ctx)
+
+    def get_command(self, ctx, name):
+        if name not in self.commands:
+            self._plugin_commands()
+        return super().get_command(ctx, name)
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except TransmuteError as exc:
+            raise click.ClickException(" ".join(str(exc).split())) from None
+
+
+def _disable_plugins(ctx, param, values):
+    from transmute import plugins
+
+    for name in values:
+        plugins.disable(name)
+    return values
+
+
+@click.group(cls=TransmuteGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="transmute")
+@click.option("--disable-plugin", "disabled", multiple=True, is_eager=True, expose_value=False,
+              callback=_disable_plugins, metavar="NAME",
+              help="Do not load this plugin (repeatable). Also: TRANSMUTE_DISABLE_PLUGINS=a,b; "
+                   "TRANSMUTE_PLUGINS=a,b loads only those.")
+def cli():
+    """Translate audio and images between domains through pipelines of plugin stages.
+
+    \b
+    Quick start:
+      transmute pipelines                      what pipelines are installed
+      transmute run resynthesize in/ -o out/   run one on files or folders
+      transmute stages                         the stages pipelines can use
+      transmute plugins                        installed plugins and their status
+    """
+
+
+def _manager():
+    from transmute.plugins import get_manager
+
+    return get_manager()
+
+
+# --------------------------------------------------------------------------- listing
+
+
+@cli.command("plugins")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def plugins_command(as_json):
+    """List plugins: version, status, hooks, and the stages they provide."""
+    manager = _manager()
+    manager.add_commands(cli)
+    infos = sorted(manager.plugins.values(), key=lambda p: p.name)
+    if as_json:
+        click.echo(json.dumps([p.as_dict(manager.registry) for p in infos], indent=2))
+        return
+    for info in infos:
+        status = info.status if info.status == "ok" else info.status.upper()
+        click.echo(f"{info.name} {info.version or '-'}  [{status}]  ({info.module})")
+        if info.reason:
+            click.echo(f"  reason: {info.reason}")
+        if info.hooks:
+            click.echo(f"  hooks: {', '.join(info.hooks)}")
+        for name in info.stages:
+            stage = manager.registry.stages.get(name)
+            if stage is not None:
+                d = stage.describe()
+                click.echo(f"  stage {name}: {' | '.join(d['consumes'])} -> {d['produces']}; "
+                           f"params: {', '.join(d['params']) or 'none'}")
+        if info.pipelines:
+            click.echo(f"  pipelines: {', '.join(info.pipelines)}")
+        if info.commands:
+            click.echo(f"  commands: {', '.join(info.commands)}")
+        for warning in info.warnings:
+            click.echo(f"  warning: {warning}")
+
+
+@cli.command("stages")
+@click.argument("names", nargs=-1)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def stages_command(names, as_json):
+    """List stages with what they consume and produce and their parameters."""
+    registry = _manager().registry
+    selected = names or sorted(registry.stages)
+    for name in selected:
+        if name not in registry.stages:
+            from transmute.stages import suggest
+
+            raise TransmuteError(f"no stage named '{name}'{suggest(name, registry.stages)}")
+    described = [dict(registry.stages[n].describe(), plugin=registry.stage_plugin[n]) for n in selected]
+    if as_json:
+        click.echo(json.dumps(described, indent=2))
+        return
+    for d in described:
+        click.echo(f"{d['name']}  ({d['role']}: {' | '.join(d['consumes'])} -> {d['produces']}; plugin {d['plugin']})")
+        if d["summary"]:
+            click.echo(f"    {d['summary']}")
+        for key, p in d["params"].items():
+            default = "required" if p["required"] else f"default {p['default']!r}"
+            choices = f"; one of {', '.join(map(str, p['choices']))}" if "choices" in p else ""
+            click.echo(f"    {key} ({p['type']}, {default}{choices}): {p['help']}")
+
+
+@cli.command("pipelines")
+def pipelines_command():
+    """List the pipelines that can be run by name."""
+    from transmute.pipeline import read_pipeline_file
+
+    registry = _manager().registry
+    if not registry.pipelines:
+        click.echo("no pipelines registered")
+    for name in sorted(registry.pipelines):
+        path = registry.pipelines[name]
+        try:
+            description = read_pipeline_file(path).get("pipeline", {}).get("description", "")
+        except TransmuteError as exc:
+            description = f"(unreadable: {exc})"
+        click.echo(f"{name:24s} {description}  [{registry.pipeline_plugin[name]}: {path}]")
+
+
+_set_option = click.option(
+    "--set", "overrides", multiple=True, metavar="STAGE.PARAM=VALUE",
+    help="Override a stage parameter (repeatable); values are TOML literals, e.g. --set griffinlim.n_iter=64.",
+)
+
+
+@cli.command("describe")
+@click.argument("pipeline")
+@_set_option
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def describe_command(pipeline, overrides, as_json):
+    """Check a pipeline and show its stages, parameters and the signal between each."""
+    from transmute.pipeline import build_pipeline
+
+    built = build_pipeline(pipeline, _manager().registry, list(overrides))
+    d = built.describe()
+    if as_json:
+        click.echo(json.dumps(d, indent=2))
+        return
+    click.echo(f"{d['name']}: {d['description']}")
+    click.echo(f"  file: {d['source']}  batch_size: {d['batch_size']}  device: {d['device']}")
+    for i, s in enumerate(d["stages"], 1):
+        params = ", ".join(f"{k}={v!r}" for k, v in s["params"].items())
+        click.echo(f"  {i}. {s['name']} ({s['use']}): {' | '.join(s['consumes'])} -> {s['produces']}")
+        click.echo(f"       {params}")
+    click.echo("  check: ok (types and specs match from first to last stage)")
+
+
+# --------------------------------------------------------------------------- running
+
+
+@cli.command("run")
+@click.argument("pipeline")
+@click.argument("inputs", nargs=-1, type=click.Path())
+@click.option("-o", "--output", "outdir", required=True, type=click.Path(file_okay=False),
+              help="Folder for the outputs (created if missing); input sub-folders are mirrored.")
+@_set_option
+@click.option("--device", default=None, type=click.Choice(["auto", "cpu", "cuda"]),
+              help="Where stages run (default: the pipeline's, else auto).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Items per batch.")
+@click.option("--count", type=click.IntRange(min=1), default=None,
+              help="For generating pipelines: how many items to make.")
+@click.option("--overwrite", is_flag=True, help="Replace outputs that already exist (default: skip them).")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar; only failures and the summary.")
+def run_command(pipeline, inputs, outdir, overrides, device, batch_size, count, overwrite, quiet):
+    """Run PIPELINE (a name or a .toml path) on INPUTS (files or folders) into OUTPUT.
+
+    Outputs are written atomically; existing ones are skipped, so running the
+    same command again after an interruption continues where it stopped. An
+    input that fails is reported and the rest go on; the exit status is 1 if
+    any input failed.
+    """
+    from transmute.pipeline import build_pipeline
+    from transmute.runner import Runner
+
+    built = build_pipeline(pipeline, _manager().registry, list(overrides))
+    if built.is_generator:
+        if inputs:
+            raise TransmuteError(f"pipeline '{built.name}' generates its items; give --count N instead of inputs")
+    elif not inputs:
+        raise TransmuteError(f"pipeline '{built.name}' needs input files or folders")
+    elif count is not None:
+        raise TransmuteError("--count is for generating pipelines; this one reads inputs")
+
+    bar = None
+    show_bar = not quiet and sys.stderr.isatty()
+
+    def on_outcome(outcome):
+        if outcome.status == "failed":
+            message = f"FAILED {outcome.job.label}: {outcome.reason}"
+            if bar is not None:
+                bar.write(message, file=sys.stderr)
+            else:
+                click.echo(message, err=True)
+        if bar is not None:
+            bar.update(1)
+
+    runner = Runner(built, Path(outdir), overwrite=overwrite, device=device,
+                    batch_size=batch_size, on_outcome=on_outcome)
+    jobs = runner.plan_generated(count or 1) if built.is_generator else runner.plan_files(list(inputs))
+    if show_bar:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(jobs) + len(runner.report.outcomes), unit="file", desc=built.name,
+                   file=sys.stderr, dynamic_ncols=True)
+        bar.update(len(runner.report.outcomes))
+    try:
+        report = runner.run_generator(jobs) if built.is_generator else runner.run_files(jobs)
+    finally:
+        if bar is not None:
+            bar.close()
+    if report.ignored and not quiet:
+        shown = ", ".join(str(p) for p in report.ignored[:3]) + (" ..." if len(report.ignored) > 3 else "")
+        click.echo(f"ignored {len(report.ignored)} file(s) this pipeline does not read: {shown}", err=True)
+    click.echo(f"{built.name}: {report.summary()} -> {outdir} (device {runner.device})", err=True)
+    if report.interrupted:
+        click.echo("interrupted: run the same command again to continue where it stopped", err=True)
+        sys.exit(130)
+    if report.failed:
+        sys.exit(1)
+    if not report.outcomes:
+        raise TransmuteError(f"no input files found in {', '.join(inputs)} for pipeline '{built.name}'")
+
+
+@cli.command("new-plugin")
+@click.argument("name")
+@click.argument("directory", type=click.Path(file_okay=False))
+def new_plugin_command(name, directory):
+    """Write a ready-to-install plugin package NAME into DIRECTORY to start from."""
+    from transmute.scaffold import write_plugin
+
+    written = write_plugin(name, Path(directory))
+    for path in written:
+        click.echo(f"wrote {path}")
+    click.echo(f"next: pip install -e {directory} && transmute stages {name}.gain "
+               f"&& (cd {directory} && python -m pytest)")
+
+
+def main(argv=None):
+    return cli.main(args=argv, prog_name="transmute")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

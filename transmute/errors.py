@@ -1,0 +1,38 @@
+"""User-facing errors: one line that says what was wrong, where, and what to do."""
+
+from __future__ import annotations
+
+
+class TransmuteError(Exception):
+    """A problem the user can fix; shown as one line, never as a traceback."""
+
+
+class PipelineError(TransmuteError):
+    """A pipeline file or a stage combination that cannot work."""
+
+
+class InputError(TransmuteError):
+    """One input file that cannot be processed; the rest of a batch goes on."""
+
+
+class CheckpointError(TransmuteError):
+    """A checkpoint that is missing, unreadable or for another model."""
+
+
+class SpecMismatch(PipelineError):
+    """A signal whose metadata does not match what the next stage needs."""
+
+    def __init__(self, field: str, expected, got, hint: str = ""):
+        self.field, self.expected, self.got = field, expected, got
+        message = f"field '{field}' expected {expected!r}, got {got!r}"
+        if hint:
+            message += f"; {hint}"
+        super().__init__(message)
+
+
+def one_line(exc: BaseException) -> str:
+    """A single-line description of an exception, for batch reports."""
+    text = " ".join(str(exc).split())
+    if isinstance(exc, TransmuteError):
+        return text or type(exc).__name__
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -1,0 +1,72 @@
+"""File helpers: atomic writes and input discovery."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+from transmute.errors import TransmuteError
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; on success rename it over `path`.
+
+    On any error (or Ctrl-C) the temporary file is removed and `path` is left
+    as it was, so a reader never sees a half-written file.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
+    try:
+        yield tmp
+        if not tmp.exists():
+            raise TransmuteError(f"{path}: nothing was written")
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+
+
+@dataclass
+class InputFile:
+    path: Path
+    relative: Path  # where its output goes, relative to the output folder (suffix replaced)
+
+
+def discover(
+    inputs: list[str], accepts: Callable[[Path], bool], exclude: Path | None = None
+) -> tuple[list[InputFile], list[Path], list[tuple[str, str]]]:
+    """Expand files and folders (recursively) into input files.
+
+    Returns (files, ignored, missing): files named directly are always taken;
+    files inside folders are taken when `accepts` says so, hidden files and
+    folders are skipped, and the rest is listed as ignored. Files below
+    `exclude` (the output folder, when it sits inside an input folder) are not
+    inputs.
+    """
+    exclude = exclude.resolve() if exclude is not None else None
+    found: list[InputFile] = []
+    ignored: list[Path] = []
+    missing: list[tuple[str, str]] = []
+    for raw in inputs:
+        path = Path(raw).expanduser()
+        if path.is_dir():
+            for sub in sorted(path.rglob("*")):
+                rel = sub.relative_to(path)
+                if any(part.startswith(".") for part in rel.parts) or not sub.is_file():
+                    continue
+                if exclude is not None and exclude in sub.resolve().parents:
+                    continue
+                if accepts(sub):
+                    found.append(InputFile(sub, rel))
+                else:
+                    ignored.append(sub)
+        elif path.exists():
+            found.append(InputFile(path, Path(path.name)))
+        else:
+            missing.append((raw, "no such file or folder"))
+    return found, ignored, missing

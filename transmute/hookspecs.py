@@ -1,0 +1,28 @@
+"""The hooks a transmute plugin can implement.
+
+Each hook receives a `register` callback (or the CLI group). An implementation
+names only the arguments it uses; pluggy passes just those, so adding an
+argument to a hook never breaks an existing plugin.
+"""
+
+from __future__ import annotations
+
+import pluggy
+
+hookspec = pluggy.HookspecMarker("transmute")
+hookimpl = pluggy.HookimplMarker("transmute")
+
+
+@hookspec
+def register_stages(register):
+    """Register stage classes: register(StageSubclass)."""
+
+
+@hookspec
+def register_pipelines(register):
+    """Register pipeline files: register(path) or register(path, name="...")."""
+
+
+@hookspec
+def register_commands(cli):
+    """Add click commands to the `transmute` command group."""

@@ -1,0 +1,223 @@
+"""Finding, loading and isolating plugins.
+
+Plugins come from the entry-point group `transmute` (built-in ones too) or are
+registered in-process with `Manager.add`. A plugin that fails to import or
+whose hook raises is marked failed with a one-line reason, anything it had
+registered is dropped, and every other plugin keeps working.
+
+TRANSMUTE_PLUGINS=a,b loads only those plugins; TRANSMUTE_DISABLE_PLUGINS=a,b
+(or `transmute --disable-plugin NAME`) skips some.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pluggy
+
+from transmute import hookspecs
+from transmute.errors import one_line
+
+ENTRY_POINT_GROUP = "transmute"
+
+
+@dataclass
+class PluginInfo:
+    name: str
+    module: str = ""
+    version: str = ""
+    status: str = "ok"  # ok | failed | disabled
+    reason: str = ""
+    hooks: list[str] = field(default_factory=list)
+    stages: list[str] = field(default_factory=list)
+    pipelines: list[str] = field(default_factory=list)
+    commands: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    def as_dict(self, registry: "Registry | None" = None) -> dict:
+        out = {
+            "name": self.name, "version": self.version, "module": self.module,
+            "status": self.status, "reason": self.reason, "hooks": self.hooks,
+            "pipelines": self.pipelines, "commands": self.commands, "warnings": self.warnings,
+        }
+        if registry is not None:
+            out["stages"] = [registry.stages[s].describe() for s in self.stages if s in registry.stages]
+        else:
+            out["stages"] = list(self.stages)
+        return out
+
+
+@dataclass
+class Registry:
+    stages: dict[str, type] = field(default_factory=dict)
+    stage_plugin: dict[str, str] = field(default_factory=dict)
+    pipelines: dict[str, Path] = field(default_factory=dict)
+    pipeline_plugin: dict[str, str] = field(default_factory=dict)
+
+    def drop(self, plugin: str) -> None:
+        for table, owner in ((self.stages, self.stage_plugin), (self.pipelines, self.pipeline_plugin)):
+            for key in [k for k, p in owner.items() if p == plugin]:
+                table.pop(key, None)
+                owner.pop(key, None)
+
+
+def _names_from_env(var: str) -> set[str] | None:
+    raw = os.environ.get(var)
+    if raw is None:
+        return None
+    return {n.strip() for n in raw.split(",") if n.strip()}
+
+
+class Manager:
+    def __init__(self, disabled: set[str] | None = None, only: set[str] | None = None):
+        self.pm = pluggy.PluginManager("transmute")
+        self.pm.add_hookspecs(hookspecs)
+        self.plugins: dict[str, PluginInfo] = {}
+        self.registry = Registry()
+        self.disabled = set(disabled or ()) | (_names_from_env("TRANSMUTE_DISABLE_PLUGINS") or set())
+        self.only = only if only is not None else _names_from_env("TRANSMUTE_PLUGINS")
+        self._commands_added = False
+
+    # ---------------------------------------------------------------- loading
+    def load_entry_points(self) -> None:
+        for ep in sorted(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+            if ep.name in self.plugins:
+                continue
+            info = PluginInfo(ep.name, module=ep.value)
+            try:
+                info.version = ep.dist.version if ep.dist is not None else ""
+            except Exception:  # a broken distribution must not stop the others
+                info.version = ""
+            self.plugins[ep.name] = info
+            if (self.only is not None and ep.name not in self.only) or ep.name in self.disabled:
+                info.status, info.reason = "disabled", "disabled by configuration"
+                continue
+            try:
+                module = ep.load()
+            except BaseException as exc:  # noqa: BLE001 - a plugin may raise anything, even SystemExit
+                if isinstance(exc, KeyboardInterrupt):
+                    raise
+                info.status, info.reason = "failed", f"import failed: {one_line(exc)}"
+                continue
+            self._register(module, info)
+
+    def add(self, module: Any, name: str, version: str = "") -> PluginInfo:
+        """Register an in-process plugin object (module or class instance with hookimpls)."""
+        info = PluginInfo(name, module=getattr(module, "__name__", repr(module)), version=version)
+        self.plugins[name] = info
+        if name in self.disabled or (self.only is not None and name not in self.only):
+            info.status, info.reason = "disabled", "disabled by configuration"
+            return info
+        self._register(module, info)
+        return info
+
+    def _register(self, module: Any, info: PluginInfo) -> None:
+        try:
+            self.pm.register(module, name=info.name)
+        except Exception as exc:
+            info.status, info.reason = "failed", f"registration failed: {one_line(exc)}"
+            return
+        info.hooks = sorted(h.name for h in self.pm.get_hookcallers(module) or [])
+        self._call_one(info, "register_stages", register=self._stage_registrar(info))
+        self._call_one(info, "register_pipelines", register=self._pipeline_registrar(info))
+
+    def _impl_of(self, info: PluginInfo, hookname: str):
+        plugin = self.pm.get_plugin(info.name)
+        for impl in getattr(self.pm.hook, hookname).get_hookimpls():
+            if impl.plugin is plugin:
+                return impl
+        return None
+
+    def _call_one(self, info: PluginInfo, hookname: str, **kwargs) -> None:
+        if info.status != "ok":
+            return
+        impl = self._impl_of(info, hookname)
+        if impl is None:
+            return
+        try:
+            impl.function(**{a: kwargs[a] for a in impl.argnames})
+        except BaseException as exc:  # noqa: BLE001
+            if isinstance(exc, KeyboardInterrupt):
+                raise
+            self.fail(info.name, f"{hookname} failed: {one_line(exc)}")
+
+    def fail(self, name: str, reason: str) -> None:
+        info = self.plugins[name]
+        info.status, info.reason = "failed", reason
+        self.registry.drop(name)
+        info.stages, info.pipelines = [], []
+        plugin = self.pm.get_plugin(name)
+        if plugin is not None:
+            self.pm.unregister(plugin)
+
+    def _stage_registrar(self, info: PluginInfo):
+        from transmute.stages import Stage
+
+        def register(stage_class):
+            if not (isinstance(stage_class, type) and issubclass(stage_class, Stage)):
+                raise TypeError(f"register_stages: {stage_class!r} is not a transmute.stages.Stage subclass")
+            if not stage_class.name:
+                raise TypeError(f"register_stages: {stage_class.__name__} has no name")
+            owner = self.registry.stage_plugin.get(stage_class.name)
+            if owner is not None and owner != info.name:
+                info.warnings.append(f"stage '{stage_class.name}' already registered by plugin '{owner}'; kept that one")
+                return
+            self.registry.stages[stage_class.name] = stage_class
+            self.registry.stage_plugin[stage_class.name] = info.name
+            info.stages.append(stage_class.name)
+
+        return register
+
+    def _pipeline_registrar(self, info: PluginInfo):
+        def register(path, name: str | None = None):
+            path = Path(path)
+            name = name or path.stem
+            owner = self.registry.pipeline_plugin.get(name)
+            if owner is not None and owner != info.name:
+                info.warnings.append(f"pipeline '{name}' already registered by plugin '{owner}'; kept that one")
+                return
+            self.registry.pipelines[name] = path
+            self.registry.pipeline_plugin[name] = info.name
+            info.pipelines.append(name)
+
+        return register
+
+    def add_commands(self, cli) -> None:
+        if self._commands_added:
+            return
+        self._commands_added = True
+        for info in list(self.plugins.values()):
+            before = set(cli.commands)
+            self._call_one(info, "register_commands", cli=cli)
+            info.commands = sorted(set(cli.commands) - before)
+            if info.status != "ok":  # a command hook that failed half-way adds nothing
+                for name in info.commands:
+                    cli.commands.pop(name, None)
+                info.commands = []
+
+
+_manager: Manager | None = None
+_cli_disabled: set[str] = set()
+
+
+def disable(name: str) -> None:
+    """Disable a plugin before the manager is first created (used by the CLI flag)."""
+    _cli_disabled.add(name)
+
+
+def get_manager() -> Manager:
+    global _manager
+    if _manager is None:
+        _manager = Manager(disabled=_cli_disabled)
+        _manager.load_entry_points()
+    return _manager
+
+
+def reset_manager(manager: Manager | None = None) -> None:
+    """For tests and embedding: drop (or replace) the process-wide manager."""
+    global _manager
+    _manager = manager

@@ -1,0 +1,374 @@
+"""Typed signals that travel between stages, and the specs that travel with them.
+
+A *spec* is the static description of a signal: what a stage needs to know about
+its input before any compute (sample rate, mel settings, image mode, codebook).
+Pipelines are checked by passing specs from stage to stage. A *signal* is a
+batch of data plus its spec and per-item metadata (lengths, sizes, names).
+
+This module does not import torch at import time so that the CLI can describe
+plugins and pipelines without paying for it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field, fields
+from typing import TYPE_CHECKING, Any, ClassVar
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+
+def spec_differences(expected, got) -> list[tuple[str, Any, Any]]:
+    """Fields where two specs of the same type differ, as (field, expected, got)."""
+    out = []
+    for f in fields(expected):
+        a, b = getattr(expected, f.name), getattr(got, f.name)
+        if a != b:
+            out.append((f.name, a, b))
+    return out
+
+
+def _spec_to_dict(spec) -> dict:
+    return json.loads(json.dumps(dataclasses.asdict(spec)))
+
+
+# --------------------------------------------------------------------------- specs
+
+
+@dataclass(frozen=True)
+class WaveformSpec:
+    """sample_rate None means 'the native rate of each file' (not known statically)."""
+
+    sample_rate: int | None = None
+    channels: int | None = None
+
+
+@dataclass(frozen=True)
+class Normalization:
+    """Mean/std applied to features: (x - mean) / std, per bin or one value for all."""
+
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    label: str = ""
+
+    def __post_init__(self):
+        object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
+        object.__setattr__(self, "std", tuple(float(v) for v in self.std))
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """Everything needed to compute, interpret or invert a spectrogram.
+
+    Defaults follow HiFi-GAN's mel computation (22.05 kHz, n_fft 1024, hop 256,
+    80 Slaney mel bands from librosa, magnitude, natural log of a 1e-5 floor),
+    which most neural vocoders share.
+    """
+
+    sample_rate: int = 22050
+    n_fft: int = 1024
+    hop_length: int = 256
+    win_length: int = 0  # 0 means n_fft
+    window: str = "hann"
+    center: bool = True
+    pad_mode: str = "reflect"  # or "constant" (librosa's default since 0.10)
+    n_mels: int = 80  # 0 means a linear-frequency spectrogram
+    fmin: float = 0.0
+    fmax: float = 0.0  # 0 means sample_rate / 2
+    power: float = 1.0  # 1: magnitude, 2: power
+    mel_norm: str = "slaney"  # or "none"
+    htk: bool = False
+    log: bool = True  # natural log of max(x, log_floor)
+    log_floor: float = 1e-5
+    normalization: Normalization | None = None
+
+    def __post_init__(self):
+        if not self.win_length:
+            object.__setattr__(self, "win_length", self.n_fft)
+        if not self.fmax:
+            object.__setattr__(self, "fmax", self.sample_rate / 2)
+        if isinstance(self.normalization, dict):
+            object.__setattr__(self, "normalization", Normalization(**self.normalization))
+        object.__setattr__(self, "fmin", float(self.fmin))
+        object.__setattr__(self, "fmax", float(self.fmax))
+        object.__setattr__(self, "power", float(self.power))
+
+    @property
+    def is_mel(self) -> bool:
+        return self.n_mels > 0
+
+    @property
+    def n_bins(self) -> int:
+        return self.n_mels if self.is_mel else self.n_fft // 2 + 1
+
+    def n_frames(self, n_samples: int) -> int:
+        if self.center:
+            return 1 + n_samples // self.hop_length
+        return max(0, 1 + (n_samples - self.n_fft) // self.hop_length)
+
+    def to_dict(self) -> dict:
+        return _spec_to_dict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "FeatureSpec":
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown feature-spec fields: {', '.join(sorted(unknown))}")
+        return cls(**data)
+
+    def replace(self, **changes) -> "FeatureSpec":
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class ImageSpec:
+    """mode None means 'whatever each file is' (not known statically)."""
+
+    mode: str | None = "RGB"
+    value_range: tuple[float, float] = (0.0, 1.0)
+
+    CHANNELS: ClassVar[dict[str, int]] = {"L": 1, "LA": 2, "RGB": 3, "RGBA": 4}
+
+    @property
+    def channels(self) -> int | None:
+        return self.CHANNELS.get(self.mode) if self.mode else None
+
+
+@dataclass(frozen=True)
+class CodeSpec:
+    codebook_size: int
+    codebook_id: str = ""
+    source: str = ""  # JSON of the spec of what was encoded
+
+
+# --------------------------------------------------------------------------- signals
+
+
+class File:
+    """Marker type: a stage that consumes File loads from disk; one that produces File saves."""
+
+
+@dataclass
+class Signal:
+    """Base class: a batch of items with a spec. Subclasses say how to pad and trim."""
+
+    data: "torch.Tensor"
+    spec: Any
+    names: list[str] = field(default_factory=list)
+
+    kind: ClassVar[str] = "signal"
+
+    def __len__(self) -> int:
+        return int(self.data.shape[0])
+
+    def replace(self, **changes):
+        return dataclasses.replace(self, **changes)
+
+    def to(self, device) -> "Signal":
+        return self.replace(data=self.data.to(device))
+
+    def collate_key(self):
+        """Items with equal keys can share a batch."""
+        return (type(self), self.spec, tuple(self.data.shape[1:-self._ragged_dims()]))
+
+    # subclasses -----------------------------------------------------------
+    def _ragged_dims(self) -> int:
+        raise NotImplementedError
+
+    def items(self) -> list["Signal"]:
+        raise NotImplementedError
+
+    @classmethod
+    def collate(cls, items: list["Signal"]) -> "Signal":
+        raise NotImplementedError
+
+
+def _pad_stack(tensors, ragged: int, value: float = 0.0):
+    """Stack tensors whose last `ragged` dims differ, zero-padding at the end."""
+    sizes = [t.shape[-ragged:] for t in tensors]
+    target = [max(s[i] for s in sizes) for i in range(ragged)]
+    out = tensors[0].new_full((len(tensors), *tensors[0].shape[1:-ragged], *target), value)
+    for i, t in enumerate(tensors):
+        index = (i, ...) + tuple(slice(0, n) for n in t.shape[-ragged:])
+        out[index] = t[0]
+    return out
+
+
+def _check_same_spec(items):
+    first = items[0]
+    for other in items[1:]:
+        if other.collate_key() != first.collate_key():
+            raise ValueError(f"cannot batch {first.names} with {other.names}: specs differ")
+
+
+@dataclass
+class Waveform(Signal):
+    """(batch, channels, samples) float audio; lengths in samples."""
+
+    spec: WaveformSpec = field(default_factory=WaveformSpec)
+    lengths: list[int] = field(default_factory=list)
+    kind: ClassVar[str] = "Waveform"
+
+    def __post_init__(self):
+        if not self.lengths:
+            self.lengths = [int(self.data.shape[-1])] * int(self.data.shape[0])
+
+    @property
+    def sample_rate(self) -> int:
+        return int(self.spec.sample_rate)
+
+    def _ragged_dims(self):
+        return 1
+
+    def items(self):
+        return [
+            Waveform(self.data[i : i + 1, :, :n], self.spec, self.names[i : i + 1], [n])
+            for i, n in enumerate(self.lengths)
+        ]
+
+    @classmethod
+    def collate(cls, items):
+        _check_same_spec(items)
+        return cls(
+            _pad_stack([x.data for x in items], 1),
+            items[0].spec,
+            [n for x in items for n in x.names],
+            [n for x in items for n in x.lengths],
+        )
+
+
+@dataclass
+class Spectrogram(Signal):
+    """(batch, bins, frames); lengths in frames, sample_lengths of the audio it came from."""
+
+    spec: FeatureSpec = field(default_factory=FeatureSpec)
+    lengths: list[int] = field(default_factory=list)
+    sample_lengths: list[int] | None = None
+    kind: ClassVar[str] = "Spectrogram"
+
+    def __post_init__(self):
+        if not self.lengths:
+            self.lengths = [int(self.data.shape[-1])] * int(self.data.shape[0])
+
+    def _ragged_dims(self):
+        return 1
+
+    def items(self):
+        out = []
+        for i, n in enumerate(self.lengths):
+            samples = None if self.sample_lengths is None else [self.sample_lengths[i]]
+            out.append(
+                Spectrogram(self.data[i : i + 1, :, :n], self.spec, self.names[i : i + 1], [n], samples)
+            )
+        return out
+
+    @classmethod
+    def collate(cls, items):
+        _check_same_spec(items)
+        samples = None
+        if all(x.sample_lengths is not None for x in items):
+            samples = [n for x in items for n in x.sample_lengths]
+        return cls(
+            _pad_stack([x.data for x in items], 1),
+            items[0].spec,
+            [n for x in items for n in x.names],
+            [n for x in items for n in x.lengths],
+            samples,
+        )
+
+
+@dataclass
+class Images(Signal):
+    """(batch, channels, H, W) float in spec.value_range.
+
+    sizes: the valid (h, w) of each item inside the padded batch;
+    original_sizes: each item's (h, w) when loaded, to restore on save.
+    """
+
+    spec: ImageSpec = field(default_factory=ImageSpec)
+    sizes: list[tuple[int, int]] = field(default_factory=list)
+    original_sizes: list[tuple[int, int]] = field(default_factory=list)
+    kind: ClassVar[str] = "Images"
+
+    def __post_init__(self):
+        h, w = int(self.data.shape[-2]), int(self.data.shape[-1])
+        if not self.sizes:
+            self.sizes = [(h, w)] * int(self.data.shape[0])
+        if not self.original_sizes:
+            self.original_sizes = list(self.sizes)
+
+    def _ragged_dims(self):
+        return 2
+
+    def items(self):
+        return [
+            Images(
+                self.data[i : i + 1, :, :h, :w],
+                self.spec,
+                self.names[i : i + 1],
+                [(h, w)],
+                [self.original_sizes[i]],
+            )
+            for i, (h, w) in enumerate(self.sizes)
+        ]
+
+    @classmethod
+    def collate(cls, items):
+        _check_same_spec(items)
+        return cls(
+            _pad_stack([x.data for x in items], 2),
+            items[0].spec,
+            [n for x in items for n in x.names],
+            [s for x in items for s in x.sizes],
+            [s for x in items for s in x.original_sizes],
+        )
+
+
+@dataclass
+class Codes(Signal):
+    """(batch, h, w) integer codes into a codebook; sizes: valid (h, w) per item."""
+
+    spec: CodeSpec = field(default_factory=lambda: CodeSpec(codebook_size=0))
+    sizes: list[tuple[int, int]] = field(default_factory=list)
+    kind: ClassVar[str] = "Codes"
+
+    def __post_init__(self):
+        if not self.sizes:
+            self.sizes = [(int(self.data.shape[-2]), int(self.data.shape[-1]))] * int(self.data.shape[0])
+
+    def _ragged_dims(self):
+        return 2
+
+    def collate_key(self):
+        return (type(self), self.spec)
+
+    def items(self):
+        return [
+            Codes(self.data[i : i + 1, :h, :w], self.spec, self.names[i : i + 1], [(h, w)])
+            for i, (h, w) in enumerate(self.sizes)
+        ]
+
+    @classmethod
+    def collate(cls, items):
+        _check_same_spec(items)
+        return cls(
+            _pad_stack([x.data for x in items], 2),
+            items[0].spec,
+            [n for x in items for n in x.names],
+            [s for x in items for s in x.sizes],
+        )
+
+
+SPEC_OF = {Waveform: WaveformSpec, Spectrogram: FeatureSpec, Images: ImageSpec, Codes: CodeSpec}
+SIGNAL_TYPES = {cls.kind: cls for cls in (Waveform, Spectrogram, Images, Codes)}
+
+
+def type_name(t) -> str:
+    if t is None:
+        return "nothing"
+    if t is File:
+        return "file"
+    return getattr(t, "kind", getattr(t, "__name__", str(t)))
