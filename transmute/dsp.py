@@ -70,40 +70,47 @@ def _mel_pinv_cpu(sr, n_fft, n_mels, fmin, fmax, htk, norm) -> torch.Tensor:
     return torch.linalg.pinv(basis).float()
 
 
-def _as_lengths(lengths: Sequence[int] | None, batch: int, full: int, device) -> torch.Tensor:
-    if lengths is None:
-        return torch.full((batch,), full, dtype=torch.long, device=device)
-    return torch.as_tensor(list(lengths), dtype=torch.long, device=device)
-
-
 def frame_counts(spec: FeatureSpec, sample_lengths: Sequence[int]) -> list[int]:
     return [spec.n_frames(int(n)) for n in sample_lengths]
 
 
-def _pad_items(x: torch.Tensor, lengths: torch.Tensor, pad: int, mode: str) -> torch.Tensor:
+def _reflect_index(n: int, pad: int, device) -> torch.Tensor:
+    """numpy-style 'reflect' source indices for a row of n samples padded by `pad` each side."""
+    src = torch.arange(n + 2 * pad, device=device) - pad
+    if n == 1:
+        return torch.zeros_like(src)
+    period = 2 * (n - 1)
+    idx = torch.remainder(src, period)
+    return torch.where(idx >= n, period - idx, idx)
+
+
+def _pad_items(x: torch.Tensor, lengths: Sequence[int], pad: int, mode: str,
+               out: torch.Tensor | None = None) -> torch.Tensor:
     """Pad each row of x (batch, samples) by `pad` on both sides as if it were alone.
 
-    Rows are valid up to their length; 'reflect' mirrors each row about its own
-    ends (repeatedly, like numpy, when the row is shorter than the padding).
+    Row i is valid up to lengths[i]; past its own padded end it is zero.
+    'reflect' mirrors each row about its own ends (repeatedly, like numpy, when
+    the row is shorter than the padding); 'constant' pads with zeros. `out`, if
+    given, is a (batch, samples + 2 * pad) buffer to write into.
     """
-    batch, total = x.shape
-    out_len = total + 2 * pad
-    pos = torch.arange(out_len, device=x.device).unsqueeze(0) - pad  # (1, out_len)
-    n = lengths.unsqueeze(1)  # (batch, 1)
-    inside_item = pos < n + pad  # positions past the item's own padded end stay zero
-    if mode == "reflect":
-        period = torch.clamp(2 * (n - 1), min=1)
-        idx = torch.remainder(pos, period)
-        idx = torch.where(idx >= n, period - idx, idx)
-        idx = torch.where(n == 1, torch.zeros_like(idx), idx)
-        valid = inside_item
-    elif mode == "constant":
-        idx = pos.expand(batch, -1)
-        valid = (pos >= 0) & (pos < n)
-    else:
+    if mode not in ("reflect", "constant"):
         raise ValueError(f"pad_mode must be 'reflect' or 'constant', got {mode!r}")
-    idx = idx.expand(batch, -1).clamp(0, max(total - 1, 0))
-    return torch.gather(x, 1, idx) * valid.to(x.dtype)
+    batch, total = x.shape
+    if out is None:
+        out = x.new_empty(batch, total + 2 * pad)
+    out[:, pad : pad + total].copy_(x)
+    out[:, :pad].zero_()
+    out[:, pad + total :].zero_()
+    for i, n in enumerate(lengths):
+        if n < total:
+            out[i, pad + n :].zero_()
+        if mode == "reflect" and pad:
+            if n > pad:
+                out[i, :pad] = x[i, 1 : pad + 1].flip(0)
+                out[i, n + pad : n + 2 * pad] = x[i, n - pad - 1 : n - 1].flip(0)
+            else:
+                out[i, : n + 2 * pad] = x[i, _reflect_index(n, pad, x.device)]
+    return out
 
 
 def _frame_mask(frame_lengths: torch.Tensor, n_frames: int) -> torch.Tensor:
@@ -111,6 +118,92 @@ def _frame_mask(frame_lengths: torch.Tensor, n_frames: int) -> torch.Tensor:
 
 
 # --------------------------------------------------------------------------- STFT
+# Inside this module spectra are kept as (batch, frames, bins), contiguous along
+# the FFT axis; the public functions return (batch, bins, frames).
+
+
+class _Frames:
+    """Analysis and synthesis for one batch layout (lengths fixed), with reusable buffers.
+
+    Synthesis divides by each item's own overlap-add envelope, so items in a
+    batch are reconstructed exactly as they would be alone. Buffers are kept
+    between calls: Griffin-Lim calls both many times and would otherwise spend
+    most of its time allocating and zeroing fresh memory.
+    """
+
+    def __init__(self, spec: FeatureSpec, sample_lengths: Sequence[int], device, dtype=torch.float32,
+                 n_frames: int | None = None):
+        self.spec = spec
+        self.samples = [int(s) for s in sample_lengths]
+        self.frame_counts = frame_counts(spec, self.samples)
+        batch, total = len(self.samples), max(self.samples)
+        self.total = total
+        self.n_frames = n_frames or max(self.frame_counts)
+        self.pad = spec.n_fft // 2 if spec.center else 0
+        padded_len = max(total + 2 * self.pad, (self.n_frames - 1) * spec.hop_length + spec.n_fft)
+        self.padded = torch.zeros(batch, padded_len, device=device, dtype=dtype)
+        self.frames = torch.empty(batch, self.n_frames, spec.n_fft, device=device, dtype=dtype)
+        self.win = window(spec, device, dtype)
+        self.partial = any(f < self.n_frames for f in self.frame_counts)
+        self.mask = None
+        if self.partial:
+            counts = torch.as_tensor(self.frame_counts, device=device)
+            self.mask = _frame_mask(counts, self.n_frames).to(dtype).unsqueeze(-1)  # (batch, frames, 1)
+        self._inv_env = None
+        self.tail = None
+        if any(n < total for n in self.samples):
+            lengths = torch.as_tensor(self.samples, device=device).unsqueeze(1)
+            self.tail = (torch.arange(total, device=device).unsqueeze(0) < lengths).to(dtype)
+
+    # ---------------------------------------------------------------- analysis
+    def analyse(self, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """(batch, samples) -> (batch, frames, bins) complex; frames past an item's count are zero."""
+        spec = self.spec
+        _pad_items(x, self.samples, self.pad, spec.pad_mode, out=self.padded[:, : x.shape[1] + 2 * self.pad])
+        frames = self.padded.unfold(-1, spec.n_fft, spec.hop_length)[:, : self.n_frames]
+        torch.mul(frames, self.win, out=self.frames)
+        out = torch.fft.rfft(self.frames, dim=-1, out=out)
+        if self.mask is not None:
+            out.mul_(self.mask)
+        return out
+
+    # ---------------------------------------------------------------- synthesis
+    def _overlap_add(self, frames: torch.Tensor) -> torch.Tensor:
+        """(batch, frames, n_fft) -> (batch, (frames - 1) * hop + n_fft)."""
+        batch, n, n_fft = frames.shape
+        hop = self.spec.hop_length
+        if n_fft % hop == 0:  # the common case: n_fft / hop shifted block additions
+            r_blocks = n_fft // hop
+            blocks = frames.view(batch, n, r_blocks, hop)
+            out = blocks[:, :, 0].new_zeros(batch, n + r_blocks - 1, hop)
+            for r in range(r_blocks):
+                out[:, r : r + n].add_(blocks[:, :, r])
+            return out.view(batch, -1)
+        full = (n - 1) * hop + n_fft
+        out = torch.nn.functional.fold(
+            frames.transpose(1, 2), output_size=(1, full), kernel_size=(1, n_fft), stride=(1, hop)
+        )
+        return out.view(batch, full)
+
+    @property
+    def inv_env(self) -> torch.Tensor:
+        if self._inv_env is None:
+            squared = (self.win**2).expand_as(self.frames)
+            env = self._overlap_add(squared * self.mask if self.mask is not None else squared.contiguous())
+            self._inv_env = torch.where(env > 1e-11, 1.0 / env.clamp_min(1e-11), torch.zeros_like(env))
+        return self._inv_env
+
+    def synthesize(self, spectra: torch.Tensor) -> torch.Tensor:
+        """(batch, frames, bins) complex -> (batch, samples) real, each item its own length."""
+        torch.fft.irfft(spectra, n=self.spec.n_fft, dim=-1, out=self.frames)
+        self.frames.mul_(self.win)
+        if self.mask is not None:
+            self.frames.mul_(self.mask)
+        y = self._overlap_add(self.frames).mul_(self.inv_env)
+        y = y[:, self.pad : self.pad + self.total]
+        if y.shape[1] < self.total:
+            y = torch.nn.functional.pad(y, (0, self.total - y.shape[1]))
+        return y * self.tail if self.tail is not None else y
 
 
 def stft(
@@ -122,68 +215,20 @@ def stft(
     """
     if x.dim() != 2:
         raise ValueError(f"stft expects (batch, samples), got shape {tuple(x.shape)}")
-    batch, total = x.shape
-    n = _as_lengths(lengths, batch, total, x.device)
-    if spec.center:
-        x = _pad_items(x, n, spec.n_fft // 2, spec.pad_mode)
-    if x.shape[1] < spec.n_fft:
-        x = torch.nn.functional.pad(x, (0, spec.n_fft - x.shape[1]))
-    out = torch.stft(
-        x, spec.n_fft, spec.hop_length, spec.n_fft,
-        window=window(spec, x.device, x.dtype), center=False, return_complex=True,
-    )
-    frames = frame_counts(spec, n.tolist())
-    mask = _frame_mask(torch.as_tensor(frames, device=x.device), out.shape[-1])
-    return out * mask.unsqueeze(1), frames
-
-
-class _Overlap:
-    """Cached per-item overlap-add envelope for a fixed set of lengths."""
-
-    def __init__(self, spec: FeatureSpec, frame_lengths: Sequence[int], sample_lengths: Sequence[int],
-                 n_frames: int, device, dtype):
-        self.spec = spec
-        self.n_frames = n_frames
-        self.win = window(spec, device, dtype)
-        self.mask = _frame_mask(torch.as_tensor(list(frame_lengths), device=device), n_frames).to(dtype)
-        self.samples = list(int(s) for s in sample_lengths)
-        self.full = (n_frames - 1) * spec.hop_length + spec.n_fft
-        sq = (self.win**2).view(1, -1, 1) * self.mask.unsqueeze(1)
-        env = self._fold(sq)
-        self.inv_env = torch.where(env > 1e-11, 1.0 / env.clamp_min(1e-11), torch.zeros_like(env))
-
-    def _fold(self, frames: torch.Tensor) -> torch.Tensor:
-        out = torch.nn.functional.fold(
-            frames, output_size=(1, self.full), kernel_size=(1, self.spec.n_fft),
-            stride=(1, self.spec.hop_length),
-        )
-        return out.view(frames.shape[0], self.full)
-
-    def __call__(self, X: torch.Tensor) -> torch.Tensor:
-        spec = self.spec
-        frames = torch.fft.irfft(X, n=spec.n_fft, dim=1) * self.win.view(1, -1, 1)
-        y = self._fold(frames * self.mask.unsqueeze(1)) * self.inv_env
-        start = spec.n_fft // 2 if spec.center else 0
-        total = max(self.samples)
-        y = y[:, start : start + total]
-        if y.shape[1] < total:
-            y = torch.nn.functional.pad(y, (0, total - y.shape[1]))
-        keep = torch.arange(total, device=y.device).unsqueeze(0) < torch.as_tensor(self.samples, device=y.device).unsqueeze(1)
-        return y * keep.to(y.dtype)
+    lengths = [int(n) for n in lengths] if lengths is not None else [x.shape[1]] * x.shape[0]
+    frames = _Frames(spec, lengths, x.device, x.dtype)
+    return frames.analyse(x[:, : frames.total]).transpose(1, 2), frames.frame_counts
 
 
 def istft(
-    X: torch.Tensor, spec: FeatureSpec, frame_lengths: Sequence[int] | None = None,
-    sample_lengths: Sequence[int] | None = None,
+    X: torch.Tensor, spec: FeatureSpec, sample_lengths: Sequence[int] | None = None,
 ) -> torch.Tensor:
     """Inverse of stft: (batch, bins, frames) complex -> (batch, samples) real."""
     batch, _, n_frames = X.shape
-    if frame_lengths is None:
-        frame_lengths = [n_frames] * batch
     if sample_lengths is None:
-        sample_lengths = [(f - 1) * spec.hop_length + (0 if spec.center else spec.n_fft) for f in frame_lengths]
-    ola = _Overlap(spec, frame_lengths, sample_lengths, n_frames, X.device, X.real.dtype)
-    return ola(X)
+        sample_lengths = [(n_frames - 1) * spec.hop_length + (0 if spec.center else spec.n_fft)] * batch
+    frames = _Frames(spec, sample_lengths, X.device, X.real.dtype, n_frames=n_frames)
+    return frames.synthesize(X.transpose(1, 2).contiguous())
 
 
 # --------------------------------------------------------------------------- features
@@ -252,9 +297,15 @@ def mel_to_linear(mel: torch.Tensor, spec: FeatureSpec, n_iter: int = 16) -> tor
         # A floor keeps multiplicative updates from freezing bins at exactly zero.
         lin = lin + 1e-3 * lin.mean(dim=1, keepdim=True) + tiny
         numerator = torch.matmul(basis.T, mel)
-        gram = torch.matmul(basis.T, basis)
+        projected = torch.empty_like(mel)
+        denominator = torch.empty_like(lin)
         for _ in range(n_iter):
-            lin = lin * numerator / (torch.matmul(gram, lin) + 1e-10)
+            # basis.T @ (basis @ lin): two thin products, not the (bins x bins) Gram
+            # matrix; in place, since fresh (bins x frames) buffers cost more than the maths.
+            torch.matmul(basis, lin, out=projected)
+            torch.matmul(basis.T, projected, out=denominator)
+            torch.div(numerator, denominator.add_(1e-10), out=denominator)
+            lin.mul_(denominator)
     if spec.power != 1.0:
         lin = lin.clamp_min(0) ** (1.0 / spec.power)
     return lin
@@ -295,24 +346,26 @@ def griffin_lim(
     batch, bins, n_frames = magnitude.shape
     if bins != spec.n_fft // 2 + 1:
         raise ValueError(f"griffin_lim needs {spec.n_fft // 2 + 1} linear bins, got {bins}")
-    if frame_lengths is None:
-        frame_lengths = [n_frames] * batch
     if sample_lengths is None:
-        sample_lengths = [(f - 1) * spec.hop_length for f in frame_lengths]
+        counts = frame_lengths or [n_frames] * batch
+        sample_lengths = [(f - 1) * spec.hop_length + (0 if spec.center else spec.n_fft) for f in counts]
     device = magnitude.device
-    magnitude = magnitude.float() * _frame_mask(torch.as_tensor(frame_lengths, device=device), n_frames).unsqueeze(1)
-    inverse = _Overlap(spec, frame_lengths, sample_lengths, n_frames, device, torch.float32)
-    angles = _initial_phase(magnitude.shape, names, seed, init, device)
-    rebuilt = torch.zeros_like(angles)
+    frames = _Frames(spec, sample_lengths, device, torch.float32, n_frames=n_frames)
+    # Work in (batch, frames, bins): contiguous along the FFT axis.
+    magnitude = magnitude.float().transpose(1, 2).contiguous()
+    if frames.mask is not None:
+        magnitude.mul_(frames.mask)
+    angles = _initial_phase((batch, bins, n_frames), names, seed, init, device).transpose(1, 2).contiguous()
+    spectra = torch.empty_like(angles)
+    rebuilt, previous = torch.empty_like(angles), torch.zeros_like(angles)
     accel = momentum / (1.0 + momentum)
     for _ in range(n_iter):
-        previous = rebuilt
-        audio = inverse(magnitude * angles)
-        rebuilt, _ = stft(audio, spec, sample_lengths)
-        rebuilt = rebuilt[..., :n_frames]
-        angles = rebuilt - accel * previous
-        angles = angles / (angles.abs() + 1e-16)
-    return inverse(magnitude * angles)
+        audio = frames.synthesize(torch.mul(magnitude, angles, out=spectra))
+        frames.analyse(audio, out=rebuilt)
+        torch.add(rebuilt, previous, alpha=-accel, out=angles)
+        angles.sgn_()
+        rebuilt, previous = previous, rebuilt
+    return frames.synthesize(torch.mul(magnitude, angles, out=spectra))
 
 
 def spectral_convergence(target_mag: torch.Tensor, audio: torch.Tensor, spec: FeatureSpec) -> float:

@@ -170,9 +170,13 @@ class Signal:
     def to(self, device) -> "Signal":
         return self.replace(data=self.data.to(device))
 
+    def layout_key(self):
+        """Items with equal layout keys can be collated (padded along their ragged dims)."""
+        return (type(self), self.spec, tuple(self.data.shape[1 : -self._ragged_dims()]))
+
     def collate_key(self):
-        """Items with equal keys can share a batch."""
-        return (type(self), self.spec, tuple(self.data.shape[1:-self._ragged_dims()]))
+        """Items with equal keys are put in one batch by the runner."""
+        return self.layout_key()
 
     # subclasses -----------------------------------------------------------
     def _ragged_dims(self) -> int:
@@ -200,7 +204,7 @@ def _pad_stack(tensors, ragged: int, value: float = 0.0):
 def _check_same_spec(items):
     first = items[0]
     for other in items[1:]:
-        if other.collate_key() != first.collate_key():
+        if other.layout_key() != first.layout_key():
             raise ValueError(f"cannot batch {first.names} with {other.names}: specs differ")
 
 
@@ -303,6 +307,11 @@ class Images(Signal):
     def _ragged_dims(self):
         return 2
 
+    def collate_key(self):
+        # Only same-size images share a batch: a convolution's borders would
+        # otherwise depend on which (larger) images an item was batched with.
+        return (type(self), self.spec, tuple(self.data.shape[1:]))
+
     def items(self):
         return [
             Images(
@@ -343,7 +352,7 @@ class Codes(Signal):
         return 2
 
     def collate_key(self):
-        return (type(self), self.spec)
+        return (type(self), self.spec, tuple(self.data.shape[1:]))
 
     def items(self):
         return [

@@ -1,1 +1,11 @@
-"""Built-in image plugin: load, fit to a multiple of N, save (stages added next)."""
+"""Built-in image plugin: load any Pillow-readable file, fit to a multiple of N, save PNG/JPEG/WebP."""
+
+from transmute.hookspecs import hookimpl
+
+
+@hookimpl
+def register_stages(register):
+    from transmute_image.stages import STAGES
+
+    for stage in STAGES:
+        register(stage)

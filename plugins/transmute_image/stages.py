@@ -1,0 +1,218 @@
+"""Image stages: load any Pillow-readable file, fit to a multiple of N, save PNG/JPEG/WebP.
+
+Pixels travel as float32 (batch, channels, H, W) in the spec's value range.
+`sizes` is each item's valid region inside the (padded) batch and
+`original_sizes` its size when loaded, so the saver can crop or resize back.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from transmute.errors import InputError, PipelineError, TransmuteError
+from transmute.signals import File, Images, ImageSpec
+from transmute.stages import Param, ParamError, Stage
+
+MODES = ("L", "RGB", "RGBA")
+
+# Formats Pillow decodes by itself. Pillow registers more suffixes (pdf, eps, h5,
+# grib, ...), but those are write-only, need Ghostscript or are stubs, so in a
+# folder they are better ignored than reported as failures. A file named on the
+# command line is tried whatever its suffix.
+EXTENSIONS = (
+    "apng", "bmp", "dib", "gif", "ico", "jfif", "jpe", "jpeg", "jpg", "pbm", "pcx", "pgm",
+    "png", "pnm", "ppm", "qoi", "tga", "tif", "tiff", "webp",
+)
+
+# Single-channel modes with more than 8 bits, read straight from their values
+# so no precision is lost, with the value that means white. "I" is how Pillow
+# before 10.x opened 16-bit PNGs; "F" follows Pillow's own 0..255 scale (what
+# convert("F") produces and convert("L") expects).
+_WHITE_OF = {"I;16": 65535, "I;16L": 65535, "I;16B": 65535, "I;16N": 65535, "I": 65535, "F": 255}
+
+
+def _unreadable(exc: BaseException, path: Path) -> str:
+    """Pillow's reason in one line, without the path (the runner names the file)."""
+    from PIL import UnidentifiedImageError
+
+    text = str(exc)
+    for quoted in (f"'{path}'", f'"{path}"', str(path)):
+        text = text.replace(quoted, "")
+    text = " ".join(text.split()).strip(" :")
+    if "truncated" in text.lower():
+        return "image file is truncated"
+    if isinstance(exc, UnidentifiedImageError):
+        return "not a readable image (cannot identify image file)"
+    return f"not a readable image ({text or type(exc).__name__})"
+
+
+def _unit_pixels(img, mode: str):
+    """A Pillow image as float64 (H, W, channels of `mode`) numpy, 0..1."""
+    import numpy as np
+
+    white = _WHITE_OF.get(img.mode)
+    if white is not None:
+        gray = np.clip(np.asarray(img, dtype=np.float64) / white, 0.0, 1.0)[..., None]
+        planes = {"L": [gray], "RGB": [gray] * 3, "RGBA": [gray] * 3 + [np.ones_like(gray)]}[mode]
+        return np.concatenate(planes, axis=-1)
+    if img.mode == "PA" or (img.mode == "P" and "transparency" in img.info):
+        img = img.convert("RGBA")  # the palette's transparency becomes alpha before any other mode
+    if img.mode != mode:
+        try:
+            img = img.convert(mode)
+        except ValueError:  # no direct conversion (e.g. LAB -> L): go through RGB(A)
+            img = img.convert("RGBA" if "A" in img.mode else "RGB").convert(mode)
+    pixels = np.asarray(img, dtype=np.float64) / 255.0
+    return pixels[..., None] if pixels.ndim == 2 else pixels
+
+
+def _resize(data, size: tuple[int, int]):
+    import torch.nn.functional as F
+
+    return F.interpolate(data, size=tuple(size), mode="bilinear", align_corners=False, antialias=True)
+
+
+class LoadImages(Stage):
+    """Load an image Pillow can read; apply its EXIF orientation; convert to L, RGB or RGBA."""
+
+    name = "images.load"
+    consumes = File
+    produces = Images
+    params = {
+        "mode": Param(str, "RGB", "channels to convert to", choices=MODES),
+        "value_range": Param(list, [0, 1], "[low, high] that black and white map to, e.g. [-1, 1]"),
+    }
+    extensions = EXTENSIONS
+
+    def __init__(self, label=None, **values):
+        super().__init__(label, **values)
+        bounds = self.value_range
+        if (len(bounds) != 2 or any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in bounds)
+                or not bounds[0] < bounds[1]):
+            raise ParamError("value_range", "parameter 'value_range': expected [low, high], two numbers "
+                             f"with low < high, got {bounds!r}")
+        self.value_range = (float(bounds[0]), float(bounds[1]))
+
+    def check(self, incoming):
+        return ImageSpec(self.mode, self.value_range)
+
+    def load(self, path: Path) -> Images:
+        import numpy as np
+        import torch
+        from PIL import Image, ImageOps
+
+        try:
+            with Image.open(path) as img:
+                img.load()  # decode now: a truncated file fails here, not halfway through a batch
+                img = ImageOps.exif_transpose(img)
+        except Exception as exc:  # Pillow raises OSError, SyntaxError, ValueError, ... for bad files
+            raise InputError(_unreadable(exc, path)) from None
+        unit = _unit_pixels(img, self.mode)
+        low, high = self.value_range
+        data = torch.from_numpy(np.ascontiguousarray(unit.transpose(2, 0, 1)) * (high - low) + low)
+        size = (int(unit.shape[0]), int(unit.shape[1]))
+        return Images(data.unsqueeze(0).float(), self.check(None), [path.stem], [size], [size])
+
+
+def _pad(data, bottom: int, right: int, mode: str):
+    """Pad (batch, C, H, W) at the bottom and right; reflect falls back to replicate when too small."""
+    import torch.nn.functional as F
+
+    if mode == "constant":
+        return F.pad(data, (0, right, 0, bottom)) if bottom or right else data
+    for pads, extent in (((0, right, 0, 0), data.shape[-1]), ((0, 0, 0, bottom), data.shape[-2])):
+        amount = max(pads)
+        if amount:
+            data = F.pad(data, pads, mode="reflect" if mode == "reflect" and amount < extent else "replicate")
+    return data
+
+
+class FitImages(Stage):
+    """Make every image's height and width a multiple of N (what most networks need), reversibly."""
+
+    name = "images.fit"
+    consumes = Images
+    produces = Images
+    params = {
+        "multiple_of": Param(int, 8, "height and width become multiples of this", min=1),
+        "method": Param(str, "pad", "'pad' adds pixels at the bottom/right that the saver crops off; "
+                        "'resize' scales to the nearest multiple and the saver scales back", choices=("pad", "resize")),
+        "pad_mode": Param(str, "reflect", "how 'pad' fills: mirror the edge, repeat the edge pixel, or zeros "
+                          "(black in [0, 1], mid-grey in [-1, 1])", choices=("reflect", "replicate", "constant")),
+    }
+
+    def process(self, signal: Images) -> Images:
+        n = self.multiple_of
+        items = []
+        for item in signal.items():
+            h, w = item.sizes[0]
+            if self.method == "pad":
+                data = _pad(item.data, -h % n, -w % n, self.pad_mode)
+                items.append(item.replace(data=data))  # sizes stay the content's: the saver crops back
+            else:
+                size = (max(n, (h + n // 2) // n * n), max(n, (w + n // 2) // n * n))
+                data = item.data if size == (h, w) else _resize(item.data, size)
+                items.append(item.replace(data=data, sizes=[size]))
+        return Images.collate(items)
+
+
+FORMATS = {"png": ("PNG", ".png"), "jpeg": ("JPEG", ".jpg"), "webp": ("WEBP", ".webp")}
+
+
+class SaveImages(Stage):
+    """Save images as PNG (8 or 16 bits), JPEG or WebP, back at the size they were loaded."""
+
+    name = "images.save"
+    consumes = Images
+    produces = File
+    params = {
+        "format": Param(str, "png", "file format", choices=tuple(FORMATS)),
+        "quality": Param(int, 95, "JPEG/WebP quality, 1 (smallest) to 100 (best); PNG is lossless", min=1, max=100),
+        "restore_size": Param(bool, True, "scale an image a stage resized back to its size when loaded"),
+        "bit_depth": Param(int, 8, "bits per channel; 16 only for single-channel (L) PNG", choices=(8, 16)),
+    }
+
+    def __init__(self, label=None, **values):
+        super().__init__(label, **values)
+        if self.bit_depth == 16 and self.format != "png":
+            raise ParamError("bit_depth", f"parameter 'bit_depth': 16 bits needs format \"png\"; "
+                             f"{self.format} stores 8 bits per channel")
+
+    def check(self, incoming: ImageSpec) -> ImageSpec:
+        if self.bit_depth == 16 and incoming.mode not in (None, "L"):
+            raise PipelineError(f"bit_depth 16 needs single-channel images, got mode {incoming.mode}; "
+                                "set mode = \"L\" on the load stage, or bit_depth = 8")
+        return incoming
+
+    def suffix(self) -> str:
+        return FORMATS[self.format][1]
+
+    def save(self, item: Images, path: Path) -> None:
+        import numpy as np
+        from PIL import Image
+
+        h, w = item.sizes[0]
+        data = item.data[:1, :, :h, :w].detach().cpu().double()
+        if self.restore_size and tuple(item.original_sizes[0]) != (h, w):
+            data = _resize(data, item.original_sizes[0])
+        low, high = item.spec.value_range
+        unit = ((data[0] - low) / (high - low)).clamp(0, 1).permute(1, 2, 0).numpy()
+        channels = unit.shape[-1]
+        if channels not in (1, 2, 3, 4):
+            raise TransmuteError(f"cannot save an image with {channels} channels; expected 1, 2, 3 or 4")
+        if self.format == "jpeg" and channels in (2, 4):  # JPEG has no alpha: composite on white
+            alpha = unit[..., -1:]
+            unit = unit[..., :-1] * alpha + (1.0 - alpha)
+            channels -= 1
+        if self.bit_depth == 16:
+            if channels != 1:
+                raise TransmuteError(f"bit_depth 16 needs a single-channel image, got {channels} channels")
+            image = Image.fromarray(np.rint(unit[..., 0] * 65535).astype(np.uint16))
+        else:
+            pixels = np.rint(unit * 255).astype(np.uint8)
+            image = Image.fromarray(pixels[..., 0] if channels == 1 else pixels)
+        options = {} if self.format == "png" else {"quality": self.quality}
+        image.save(path, format=FORMATS[self.format][0], **options)
+
+
+STAGES = (LoadImages, FitImages, SaveImages)
