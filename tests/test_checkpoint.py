@@ -1,0 +1,91 @@
+"""One checkpoint format: safetensors + JSON metadata, never pickle, refused when foreign."""
+
+import json
+
+import pytest
+import torch
+
+from transmute.checkpoint import Checkpoint, load_checkpoint, read_metadata, save_checkpoint
+from transmute.errors import CheckpointError
+from transmute.signals import FeatureSpec
+
+
+def make(path, **overrides):
+    fields = dict(
+        tensors={"layer.weight": torch.arange(6, dtype=torch.float32).view(2, 3), "step": torch.tensor([7])},
+        plugin="toy", model="generator", version="1.2", hparams={"width": 16},
+        feature_spec=FeatureSpec(sample_rate=16000, n_mels=64).to_dict(),
+    )
+    fields.update(overrides)
+    return save_checkpoint(path, Checkpoint(**fields))
+
+
+def test_round_trip_keeps_tensors_and_metadata(tmp_path):
+    path = make(tmp_path / "model.safetensors")
+    ckpt = load_checkpoint(path, plugin="toy", model="generator", version="1.0")
+    assert torch.equal(ckpt.tensors["layer.weight"], torch.arange(6, dtype=torch.float32).view(2, 3))
+    assert ckpt.hparams == {"width": 16} and ckpt.version == "1.2"
+    assert FeatureSpec.from_dict(ckpt.feature_spec) == FeatureSpec(sample_rate=16000, n_mels=64)
+    assert read_metadata(path)["plugin"] == "toy"
+    assert not list(tmp_path.glob(".*part")), "no temporary file is left behind"
+
+
+def test_it_is_a_plain_safetensors_file(tmp_path):
+    from safetensors import safe_open
+
+    path = make(tmp_path / "model.safetensors")
+    with safe_open(str(path), framework="pt") as handle:
+        assert set(handle.keys()) == {"layer.weight", "step"}
+        assert json.loads(handle.metadata()["transmute"])["format"] == "transmute.checkpoint"
+    assert b"pickle" not in path.read_bytes() and not path.read_bytes().startswith(b"\x80")
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"plugin": "other"}, r"checkpoint is for plugin 'toy', expected 'other'"),
+        ({"model": "vocoder"}, r"checkpoint is for model 'generator', expected 'vocoder'"),
+        ({"version": "2.0"}, r"checkpoint version 1.2 is incompatible with this plugin's version 2.0"),
+    ],
+)
+def test_foreign_checkpoints_are_refused(tmp_path, kwargs, message):
+    path = make(tmp_path / "model.safetensors")
+    with pytest.raises(CheckpointError, match=message):
+        load_checkpoint(path, **kwargs)
+
+
+def test_missing_corrupt_and_non_transmute_files(tmp_path):
+    with pytest.raises(CheckpointError, match=r"missing.safetensors: checkpoint not found"):
+        load_checkpoint(tmp_path / "missing.safetensors")
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"\x00\x01 not a checkpoint")
+    with pytest.raises(CheckpointError, match=r"junk.safetensors: not a safetensors checkpoint"):
+        load_checkpoint(junk)
+    pickled = tmp_path / "model.pt"
+    torch.save({"w": torch.ones(2)}, pickled)
+    with pytest.raises(CheckpointError, match=r"model.pt: not a safetensors checkpoint"):
+        load_checkpoint(pickled)
+    from safetensors.torch import save_file
+
+    plain = tmp_path / "plain.safetensors"
+    save_file({"w": torch.ones(2)}, str(plain))
+    with pytest.raises(CheckpointError, match=r"plain.safetensors: a safetensors file, but not a transmute checkpoint"):
+        load_checkpoint(plain)
+
+
+def test_failed_save_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
+    import safetensors.torch
+
+    path = make(tmp_path / "model.safetensors")
+    before = path.read_bytes()
+
+    def dies_half_way(tensors, filename, metadata=None):
+        with open(filename, "wb") as handle:
+            handle.write(b"half a checkpoint")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(safetensors.torch, "save_file", dies_half_way)
+    with pytest.raises(KeyboardInterrupt):
+        make(path, version="1.3")
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.safetensors"]
