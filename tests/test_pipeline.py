@@ -159,3 +159,23 @@ def test_waveform_transform_accepts_any_rate_when_resampling(registry):
     p = build(doc, registry)
     assert p.specs[2].sample_rate == 16000
     assert isinstance(p.stages[1], Stage) and p.stages[1].consumes is Waveform
+
+
+def test_paths_in_a_file_are_relative_to_it_and_set_paths_to_the_working_dir(tmp_path, registry, monkeypatch):
+    local = Registry(stages=dict(registry.stages, **{"test.model": NeedsCheckpoint}))
+    (tmp_path / "shipped").mkdir()
+    (tmp_path / "shipped" / "weights.safetensors").write_bytes(b"x")
+    pipe = tmp_path / "shipped" / "p.toml"
+    pipe.write_text(
+        '[[stage]]\nuse = "audio.load"\nsample_rate = 22050\n[[stage]]\nuse = "audio.logmel"\n'
+        '[[stage]]\nuse = "test.model"\nname = "model"\ncheckpoint = "weights.safetensors"\n'
+        '[[stage]]\nuse = "audio.mel_to_linear"\n[[stage]]\nuse = "audio.griffinlim"\n[[stage]]\nuse = "audio.save"\n'
+    )
+    elsewhere = tmp_path / "cwd"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    p = build_pipeline(str(pipe), local)
+    assert p.stages[2].checkpoint == tmp_path / "shipped" / "weights.safetensors"
+    (elsewhere / "mine.safetensors").write_bytes(b"y")
+    p = build_pipeline(str(pipe), local, ["model.checkpoint=mine.safetensors"])
+    assert p.stages[2].checkpoint == Path("mine.safetensors") and p.stages[2].checkpoint.exists()

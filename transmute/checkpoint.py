@@ -63,7 +63,7 @@ def read_metadata(path: str | Path) -> dict:
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found")
     try:
-        with safe_open(str(path), framework="pt") as handle:
+        with safe_open(str(path), framework="numpy") as handle:  # numpy: reading a header needs no torch
             header = handle.metadata() or {}
     except Exception as exc:
         raise CheckpointError(f"{path}: not a safetensors checkpoint ({' '.join(str(exc).split())})") from None

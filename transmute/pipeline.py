@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from transmute.errors import PipelineError, SpecMismatch
+from transmute.errors import PipelineError, SpecMismatch, TransmuteError
 from transmute.signals import File, type_name
 from transmute.stages import ParamError, Stage, suggest
 
@@ -185,6 +185,15 @@ def build_from_dict(doc: dict, registry, source: str = "<pipeline>", name: str =
         labels[label] = i
         configs.append({"use": use, "name": label, "values": raw})
 
+    base = Path(source).parent if Path(source).is_file() else None
+    if base is not None:  # paths written in a file are relative to that file, like the file's own references
+        for cfg in configs:
+            params = registry.stages[cfg["use"]].params
+            for key, value in cfg["values"].items():
+                if key in params and params[key].type is Path and isinstance(value, str) and value:
+                    path = Path(value).expanduser()
+                    cfg["values"][key] = str(path if path.is_absolute() else base / path)
+
     for stage_label, key, value in parse_overrides(overrides or []):
         if stage_label == "pipeline":
             settings[key] = value
@@ -262,7 +271,7 @@ def check_chain(stages: list[Stage], where: str) -> list[Any]:
                 f"{_stage_ref(where, stage)}: incoming {type_name(previous.produces) if previous else ''}"
                 f"{source}: {exc}"
             ) from None
-        except PipelineError as exc:
+        except TransmuteError as exc:
             raise PipelineError(f"{_stage_ref(where, stage)}: {exc}") from None
         specs.append(spec)
         incoming, previous = spec, stage

@@ -129,7 +129,16 @@ class Runner:
     def _setup(self) -> None:
         if not self._ready:
             for stage in self.pipeline.stages:
-                stage.setup(self.device)
+                try:
+                    stage.setup(self.device)
+                except TransmuteError as exc:
+                    raise TransmuteError(f"{self.pipeline.source}: stage '{stage.label}' ({stage.name}): {exc}") from None
+                except Exception as exc:
+                    if os.environ.get("TRANSMUTE_DEBUG"):
+                        traceback.print_exception(exc)
+                    raise TransmuteError(
+                        f"{self.pipeline.source}: stage '{stage.label}' ({stage.name}) failed to set up: {one_line(exc)}"
+                    ) from None
             self._ready = True
 
     def run_files(self, jobs: list[Job]) -> Report:

@@ -6,6 +6,7 @@ All signal processing calls transmute.dsp, the project's one STFT.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from pathlib import Path
 
 from transmute.errors import InputError, PipelineError
@@ -16,14 +17,15 @@ RESAMPLERS = ("soxr_vhq", "soxr_hq", "soxr_mq", "soxr_lq")
 _EXTRA_EXTENSIONS = {"aif", "aiff", "aifc", "oga", "opus", "mp3", "wave", "htk", "sd2", "w64", "rf64", "caf"}
 
 
-def _extensions() -> tuple[str, ...]:
+@functools.lru_cache(maxsize=1)
+def _extensions() -> frozenset[str]:
     try:
         import soundfile
 
         found = {name.lower() for name in soundfile.available_formats()}
     except Exception:  # soundfile missing its library: loading will say so per file
         found = {"wav", "flac", "ogg"}
-    return tuple(sorted(found | _EXTRA_EXTENSIONS))
+    return frozenset(found | _EXTRA_EXTENSIONS)
 
 
 def resample(audio, orig_sr: int, target_sr: int, quality: str = "soxr_hq"):
@@ -50,7 +52,9 @@ class LoadAudio(Stage):
         "channel": Param(str, "mono", "'mono' mixes channels down, 'all' keeps them, or a channel index (0, 1, ...)"),
         "resampler": Param(str, "soxr_hq", "soxr quality preset", choices=RESAMPLERS),
     }
-    extensions = _extensions()
+    def accepts(self, path: Path) -> bool:
+        # Asked of soundfile on first use, so listing stages never loads it.
+        return path.suffix.lower().lstrip(".") in _extensions()
 
     def __init__(self, label=None, **values):
         super().__init__(label, **values)

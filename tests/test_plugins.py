@@ -1,0 +1,266 @@
+"""Third-party plugins end to end: installed with pip (outside the venv), run through `python -m transmute`.
+
+tests/fixtures/ holds the plugin packages: echo (a stage, a pipeline file and a
+command), broken (fails at import), badhook (its register_stages raises) and
+clash (registers a stage name the audio plugin already owns). The plugin that
+docs/writing-plugins.md walks through is built from the guide's code blocks.
+"""
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+
+FIXTURES = Path(__file__).parent / "fixtures"
+MISBEHAVING = ("broken_plugin", "badhook_plugin", "clash_plugin")
+GUIDE = Path(__file__).parents[1] / "docs" / "writing-plugins.md"
+CODE_BLOCK = re.compile(r'^```(\w+)(?: title="([^"]+)")?\n(.*?)^```$', re.M | re.S)
+
+
+def guide_blocks() -> list[tuple[str, str, str]]:
+    """(language, title, code) of each code block of the guide; title is "" when it has none."""
+    return CODE_BLOCK.findall(GUIDE.read_text(encoding="utf-8"))
+
+
+def write_guide_package(folder: Path) -> Path:
+    """The guide's blocks with a title are the files of its plugin; blocks of one file follow each other."""
+    files: dict[str, list[str]] = {}
+    for _, title, code in guide_blocks():
+        if title:
+            files.setdefault(title, []).append(code)
+    for title, parts in files.items():
+        (folder / title).parent.mkdir(parents=True, exist_ok=True)
+        (folder / title).write_text("\n\n".join(parts), encoding="utf-8")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def sites(pip_install, tmp_path_factory):
+    guide = write_guide_package(tmp_path_factory.mktemp("guide") / "transmute-gate")
+    return pip_install(FIXTURES / "echo_plugin", *(FIXTURES / name for name in MISBEHAVING), guide)
+
+
+@pytest.fixture(scope="session")
+def echo_only(sites):
+    return [sites["echo_plugin"]]
+
+
+@pytest.fixture(scope="session")
+def everything(sites):
+    return [sites[name] for name in ("echo_plugin", *MISBEHAVING)]
+
+
+@pytest.fixture(scope="session")
+def guide_site(sites):
+    return [sites["transmute-gate"]]
+
+
+def ok(result):
+    assert result.returncode == 0, f"exit {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+    return result.stdout
+
+
+def plugins_json(transmute_cli, path, env=None, args=()):
+    return {p["name"]: p for p in json.loads(ok(transmute_cli([*args, "plugins", "--json"], path, env)))}
+
+
+def write_pipeline(folder: Path, *stages: str) -> Path:
+    path = folder / "pipeline.toml"
+    path.write_text("".join(f"[[stage]]\n{stage}\n\n" for stage in stages), encoding="utf-8")
+    return path
+
+
+def write_wav(path: Path, seconds=0.25, sample_rate=16000) -> np.ndarray:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    audio = (0.4 * rng.uniform(-1, 1, int(seconds * sample_rate))).astype(np.float32)
+    soundfile.write(str(path), audio, sample_rate, subtype="FLOAT")
+    return audio
+
+
+# --------------------------------------------------------------------------- a working plugin
+
+
+def test_echo_stage_is_listed_with_its_plugin(transmute_cli, echo_only):
+    listing = ok(transmute_cli(["stages"], echo_only))
+    assert "echo.invert  (transform: Waveform -> Waveform; plugin echo)" in listing
+    assert "gain (float, default 1.0): linear gain applied after inverting" in listing
+    assert "audio.load" in listing
+
+    echo = plugins_json(transmute_cli, echo_only)["echo"]
+    assert (echo["version"], echo["status"], echo["reason"], echo["module"]) == ("1.2.3", "ok", "", "transmute_echo")
+    assert echo["hooks"] == ["register_commands", "register_pipelines", "register_stages"]
+    assert (echo["pipelines"], echo["commands"]) == (["echo-tones"], ["echo-hello"])
+    [stage] = echo["stages"]
+    assert (stage["name"], stage["role"], stage["consumes"], stage["produces"]) == (
+        "echo.invert", "transform", ["Waveform"], "Waveform")
+    assert stage["params"]["gain"] == {"type": "float", "help": "linear gain applied after inverting",
+                                       "default": 1.0, "required": False, "min": 0, "max": 4}
+
+
+def test_pipeline_file_with_the_plugin_stage_inverts_a_wav(transmute_cli, echo_only, tmp_path):
+    audio = write_wav(tmp_path / "in" / "voice.wav")
+    pipeline = write_pipeline(tmp_path, 'use = "audio.load"', 'use = "echo.invert"\ngain = 0.5',
+                              'use = "audio.save"\nsubtype = "FLOAT"')
+    ok(transmute_cli(["run", pipeline, tmp_path / "in", "-o", tmp_path / "out", "-q"], echo_only))
+    out, rate = soundfile.read(str(tmp_path / "out" / "voice.wav"), dtype="float32")
+    assert rate == 16000
+    np.testing.assert_array_equal(out, -0.5 * audio)
+
+
+def test_bad_parameter_of_a_plugin_stage_is_one_line(transmute_cli, echo_only, tmp_path):
+    pipeline = write_pipeline(tmp_path, 'use = "audio.tone"', 'use = "echo.invert"\ngain = 9', 'use = "audio.save"')
+    result = transmute_cli(["describe", pipeline], echo_only)
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    [line] = result.stderr.strip().splitlines()
+    assert "stage 'invert' (echo.invert): parameter 'gain': must be at most 4" in line
+
+
+def test_plugin_pipeline_runs_by_name(transmute_cli, echo_only, tmp_path):
+    assert "echo-tones" in ok(transmute_cli(["pipelines"], echo_only))
+    ok(transmute_cli(["run", "echo-tones", "--count", "2", "-o", tmp_path, "-q"], echo_only))
+    written = sorted(p.name for p in tmp_path.iterdir())
+    assert written == ["sample-0000.wav", "sample-0001.wav"]
+    tone, rate = soundfile.read(str(tmp_path / "sample-0000.wav"))
+    assert (rate, len(tone)) == (8000, 800)
+    # A 0.5-amplitude sine starting upwards, inverted and halved: starts downwards, peaks at 0.25.
+    assert tone[1] < 0
+    assert abs(np.abs(tone).max() - 0.25) < 1e-3
+
+
+def test_plugin_command(transmute_cli, echo_only):
+    assert ok(transmute_cli(["echo-hello", "--name", "tests"], echo_only)) == "hello tests from echo\n"
+    assert "echo-hello" in ok(transmute_cli(["--help"], echo_only))
+
+
+# --------------------------------------------------------------------------- failing plugins
+
+
+def test_failing_plugins_are_listed_and_the_rest_works(transmute_cli, everything):
+    assert "echo-hello" in ok(transmute_cli(["--help"], everything))
+
+    listing = ok(transmute_cli(["plugins"], everything)).splitlines()
+    broken = listing.index("broken 0.0.1  [FAILED]  (transmute_broken)")
+    assert listing[broken + 1] == ("  reason: import failed: ModuleNotFoundError: "
+                                   "No module named 'transmute_fixture_missing_dependency'")
+    badhook = listing.index("badhook 0.0.1  [FAILED]  (transmute_badhook)")
+    assert listing[badhook + 1] == "  reason: register_stages failed: RuntimeError: badhook cannot register its stages"
+
+    plugins = plugins_json(transmute_cli, everything)
+    assert {name: p["status"] for name, p in plugins.items()} == {
+        "audio": "ok", "badhook": "failed", "broken": "failed", "clash": "ok", "echo": "ok",
+        "image": "ok", "pipelines": "ok"}
+    assert plugins["badhook"]["stages"] == []
+
+    stages = ok(transmute_cli(["stages"], everything))
+    assert "echo.invert" in stages and "audio.griffinlim" in stages
+    ok(transmute_cli(["echo-hello"], everything))
+
+
+def test_builtin_and_plugin_pipelines_run_beside_failing_plugins(transmute_cli, everything, tmp_path):
+    write_wav(tmp_path / "voice.wav", seconds=0.2, sample_rate=22050)
+    ok(transmute_cli(["run", "resynthesize", tmp_path / "voice.wav", "-o", tmp_path / "resynth", "-q"], everything))
+    ok(transmute_cli(["run", "echo-tones", "--count", "1", "-o", tmp_path / "tones", "-q"], everything))
+    assert soundfile.info(str(tmp_path / "resynth" / "voice.wav")).samplerate == 22050
+    assert (tmp_path / "tones" / "sample-0000.wav").is_file()
+
+
+def test_stage_name_collision_keeps_the_first_and_warns(transmute_cli, everything):
+    clash = plugins_json(transmute_cli, everything)["clash"]
+    assert clash["stages"] == []
+    assert clash["warnings"] == ["stage 'audio.save' already registered by plugin 'audio'; kept that one"]
+    assert "warning: stage 'audio.save' already registered" in ok(transmute_cli(["plugins"], everything))
+    [saver] = json.loads(ok(transmute_cli(["stages", "audio.save", "--json"], everything)))
+    assert (saver["plugin"], saver["produces"]) == ("audio", "file")
+
+
+# --------------------------------------------------------------------------- choosing plugins
+
+
+@pytest.mark.parametrize("args, env", [
+    ((), {"TRANSMUTE_PLUGINS": "audio,pipelines"}),
+    ((), {"TRANSMUTE_DISABLE_PLUGINS": "echo"}),
+    (("--disable-plugin", "echo"), {}),
+], ids=["only-audio-and-pipelines", "env-disable", "flag-disable"])
+def test_a_disabled_plugin_is_not_loaded(transmute_cli, echo_only, tmp_path, args, env):
+    plugins = plugins_json(transmute_cli, echo_only, env, args)
+    assert (plugins["echo"]["status"], plugins["audio"]["status"]) == ("disabled", "ok")
+    assert plugins["echo"]["stages"] == plugins["echo"]["hooks"] == []
+
+    stages = ok(transmute_cli([*args, "stages"], echo_only, env))
+    assert "echo.invert" not in stages and "audio.tone" in stages
+
+    pipeline = write_pipeline(tmp_path, 'use = "audio.tone"', 'use = "echo.invert"', 'use = "audio.save"')
+    result = transmute_cli([*args, "run", pipeline, "--count", "1", "-o", tmp_path / "out"], echo_only, env)
+    assert result.returncode != 0
+    assert "Traceback" not in result.stdout + result.stderr
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith("Error: ") and "stage 2: unknown stage type 'echo.invert'" in line
+    assert not (tmp_path / "out").exists()
+
+
+def test_only_named_plugins_load(transmute_cli, everything):
+    plugins = plugins_json(transmute_cli, everything, {"TRANSMUTE_PLUGINS": "audio,echo"})
+    assert {name for name, p in plugins.items() if p["status"] == "ok"} == {"audio", "echo"}
+    assert plugins["broken"]["status"] == "disabled"
+
+
+# --------------------------------------------------------------------------- cost of the CLI
+
+
+def test_listing_commands_do_not_import_torch(run_python, everything):
+    script = (
+        "import sys\n"
+        "from transmute.cli import main\n"
+        "for args in (['--help'], ['plugins'], ['stages'], ['pipelines']):\n"
+        "    try:\n"
+        "        main(args)\n"
+        "    except SystemExit as exit:\n"
+        "        assert exit.code == 0, (args, exit.code)\n"
+        "    assert 'torch' not in sys.modules, args\n"
+    )
+    ok(run_python(["-c", script], everything))
+
+
+# --------------------------------------------------------------------------- docs/writing-plugins.md
+
+
+def test_the_guide_plugin_passes_its_own_tests(run_python, guide_site, tmp_path):
+    package = write_guide_package(tmp_path / "transmute-gate")
+    result = run_python(["-m", "pytest", "-q", "-p", "no:cacheprovider", "tests"], guide_site, cwd=package)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert re.search(r"\b6 passed\b", result.stdout), result.stdout
+
+
+def test_the_guide_snippets_run(run_python, guide_site):
+    snippets = [code for language, title, code in guide_blocks() if language == "python" and not title]
+    assert len(snippets) >= 3
+    ok(run_python(["-c", "\n\n".join(snippets)], guide_site))
+
+
+def test_the_guide_shows_real_output(transmute_cli, guide_site, tmp_path):
+    guide = GUIDE.read_text(encoding="utf-8")
+
+    def shown(result):
+        lines = [line for line in (result.stdout + result.stderr).splitlines() if line.strip()]
+        missing = [line for line in lines if line not in guide]
+        assert not missing, f"not in {GUIDE.name}: {missing}"
+
+    shown(transmute_cli(["new-plugin", "my_fx", "my-fx/"], cwd=tmp_path))
+    plugins = ok(transmute_cli(["plugins"], guide_site))
+    shown(transmute_cli(["stages", "gate.spectral"], guide_site))
+    assert plugins[plugins.index("gate 0.1.0"):plugins.index("image ")] in guide
+
+    shutil.copy(write_guide_package(tmp_path / "guide") / "masked.toml", tmp_path)
+    shown(transmute_cli(["gate-make-mask", "mask.safetensors", "--tilt-db", "-12"], guide_site, cwd=tmp_path))
+    ok(transmute_cli(["describe", "masked.toml"], guide_site, cwd=tmp_path))
+    shown(transmute_cli(["describe", "masked.toml", "--set", "mel.n_mels=64"], guide_site, cwd=tmp_path))
+
+    result = transmute_cli(["run", "gate-clean", "in/", "-o", "out/", "--set", "gate.threshold_db=6"], guide_site)
+    assert result.returncode != 0
+    assert result.stderr.strip().split("gate-clean.toml")[1] in guide
