@@ -278,7 +278,7 @@ def to_linear_scale(feats: torch.Tensor, spec: FeatureSpec) -> torch.Tensor:
     return feats
 
 
-def mel_to_linear(mel: torch.Tensor, spec: FeatureSpec, n_iter: int = 16) -> torch.Tensor:
+def mel_to_linear(mel: torch.Tensor, spec: FeatureSpec, n_iter: int = 32) -> torch.Tensor:
     """Mel (magnitude**power, not log) -> linear-frequency magnitude, fast and bounded.
 
     Starts from the pseudo-inverse of the filter bank (clamped to be

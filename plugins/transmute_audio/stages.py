@@ -182,7 +182,7 @@ class MelToLinear(Stage):
     consumes = Spectrogram
     produces = Spectrogram
     params = {
-        "n_iter": Param(int, 16, "multiplicative NNLS updates after the pseudo-inverse (0: pseudo-inverse only)",
+        "n_iter": Param(int, 32, "multiplicative NNLS updates after the pseudo-inverse (0: pseudo-inverse only)",
                         min=0, max=1000),
     }
 
