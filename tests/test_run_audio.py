@@ -40,6 +40,7 @@ def messy_folder(tmp_path):
     (src / "text.wav").write_text("this is not audio\n")
     good = (src / "good.wav").read_bytes()
     (src / "truncated.wav").write_bytes(good[:30])  # header cut short
+    (src / "cut.wav").write_bytes(good[: len(good) * 6 // 10])  # data cut short: what is there is read
     sf.write(src / "nan.wav", np.array([0.1, np.nan, 0.2] * 100), 22050, subtype="FLOAT")
     (src / "notes.txt").write_text("not for this pipeline")
     (src / ".hidden.wav").write_bytes(b"")
@@ -56,15 +57,16 @@ def test_bad_inputs_are_reported_and_the_rest_goes_on(messy_folder, tmp_path):
     by_name = {line.split(":")[0].rsplit("/", 1)[-1]: line for line in failed}
     assert "not a readable audio file" in by_name["text.wav"]
     assert "NaN" in by_name["nan.wav"]
-    assert "6 written, 0 skipped (already there), 4 failed, 1 ignored" in result.output
+    assert "7 written, 0 skipped (already there), 4 failed, 1 ignored" in result.output
     written = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
-    assert written == ["clip.wav", "good.wav", "one.wav", "s24.wav", "sub/stereo48k.wav", "u8.wav"]
+    assert written == ["clip.wav", "cut.wav", "good.wav", "one.wav", "s24.wav", "sub/stereo48k.wav", "u8.wav"]
     for path in out.rglob("*.wav"):
         y, sr = sf.read(path)
         assert sr == 22050 and y.ndim == 1 and np.isfinite(y).all() and np.abs(y).max() <= 1
     # Lengths follow the input duration at the new rate; a 1-sample file stays 1 sample.
     assert len(sf.read(out / "one.wav")[0]) == 1
     assert abs(len(sf.read(out / "good.wav")[0]) - 11025) <= 1
+    assert 0 < len(sf.read(out / "cut.wav")[0]) < 11025
     # The stereo 48 kHz 1 kHz tone is mixed down, resampled and still a 1 kHz tone.
     y, sr = sf.read(out / "sub" / "stereo48k.wav")
     spectrum = np.abs(np.fft.rfft(y[2000:-2000]))
