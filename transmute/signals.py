@@ -153,13 +153,21 @@ class File:
 
 @dataclass
 class Signal:
-    """Base class: a batch of items with a spec. Subclasses say how to pad and trim."""
+    """Base class: a batch of items with a spec.
+
+    A subclass says which trailing dimensions vary per item (`ragged`), which
+    list fields hold one entry per item (`per_item`), and where each item's
+    valid region ends (`extent`); splitting and batching are done here, once.
+    """
 
     data: "torch.Tensor"
     spec: Any
     names: list[str] = field(default_factory=list)
 
     kind: ClassVar[str] = "signal"
+    ragged: ClassVar[int] = 1
+    per_item: ClassVar[tuple[str, ...]] = ()
+    same_size_batches: ClassVar[bool] = False
 
     def __len__(self) -> int:
         return int(self.data.shape[0])
@@ -170,24 +178,42 @@ class Signal:
     def to(self, device) -> "Signal":
         return self.replace(data=self.data.to(device))
 
+    def extent(self, i: int) -> tuple[int, ...]:
+        """The valid size of item i along the ragged dimensions."""
+        raise NotImplementedError
+
     def layout_key(self):
         """Items with equal layout keys can be collated (padded along their ragged dims)."""
-        return (type(self), self.spec, tuple(self.data.shape[1 : -self._ragged_dims()]))
+        return (type(self), self.spec, tuple(self.data.shape[1 : -self.ragged]))
 
     def collate_key(self):
         """Items with equal keys are put in one batch by the runner."""
+        if self.same_size_batches:
+            return (type(self), self.spec, tuple(self.data.shape[1:]))
         return self.layout_key()
 
-    # subclasses -----------------------------------------------------------
-    def _ragged_dims(self) -> int:
-        raise NotImplementedError
-
     def items(self) -> list["Signal"]:
-        raise NotImplementedError
+        """One single-item signal per item, trimmed to its own extent."""
+        out = []
+        for i in range(len(self)):
+            index = (slice(i, i + 1), Ellipsis) + tuple(slice(0, n) for n in self.extent(i))
+            fields = {f: getattr(self, f)[i : i + 1] for f in self.per_item if getattr(self, f) is not None}
+            out.append(self.replace(data=self.data[index], names=self.names[i : i + 1], **fields))
+        return out
 
     @classmethod
     def collate(cls, items: list["Signal"]) -> "Signal":
-        raise NotImplementedError
+        """One batch from items of one layout, zero-padded along the ragged dims."""
+        first = items[0]
+        for other in items[1:]:
+            if other.layout_key() != first.layout_key():
+                raise ValueError(f"cannot batch {first.names} with {other.names}: specs differ")
+        fields = {}
+        for f in cls.per_item:
+            values = [getattr(x, f) for x in items]
+            fields[f] = None if any(v is None for v in values) else [v for vs in values for v in vs]
+        data = _pad_stack([x.data for x in items], cls.ragged)
+        return cls(data=data, spec=first.spec, names=[n for x in items for n in x.names], **fields)
 
 
 def _pad_stack(tensors, ragged: int, value: float = 0.0):
@@ -201,11 +227,8 @@ def _pad_stack(tensors, ragged: int, value: float = 0.0):
     return out
 
 
-def _check_same_spec(items):
-    first = items[0]
-    for other in items[1:]:
-        if other.layout_key() != first.layout_key():
-            raise ValueError(f"cannot batch {first.names} with {other.names}: specs differ")
+def _batch(data) -> int:
+    return int(data.shape[0])
 
 
 @dataclass
@@ -215,33 +238,17 @@ class Waveform(Signal):
     spec: WaveformSpec = field(default_factory=WaveformSpec)
     lengths: list[int] = field(default_factory=list)
     kind: ClassVar[str] = "Waveform"
+    per_item: ClassVar[tuple[str, ...]] = ("lengths",)
 
     def __post_init__(self):
-        if not self.lengths:
-            self.lengths = [int(self.data.shape[-1])] * int(self.data.shape[0])
+        self.lengths = self.lengths or [int(self.data.shape[-1])] * _batch(self.data)
 
     @property
     def sample_rate(self) -> int:
         return int(self.spec.sample_rate)
 
-    def _ragged_dims(self):
-        return 1
-
-    def items(self):
-        return [
-            Waveform(self.data[i : i + 1, :, :n], self.spec, self.names[i : i + 1], [n])
-            for i, n in enumerate(self.lengths)
-        ]
-
-    @classmethod
-    def collate(cls, items):
-        _check_same_spec(items)
-        return cls(
-            _pad_stack([x.data for x in items], 1),
-            items[0].spec,
-            [n for x in items for n in x.names],
-            [n for x in items for n in x.lengths],
-        )
+    def extent(self, i):
+        return (self.lengths[i],)
 
 
 @dataclass
@@ -252,36 +259,13 @@ class Spectrogram(Signal):
     lengths: list[int] = field(default_factory=list)
     sample_lengths: list[int] | None = None
     kind: ClassVar[str] = "Spectrogram"
+    per_item: ClassVar[tuple[str, ...]] = ("lengths", "sample_lengths")
 
     def __post_init__(self):
-        if not self.lengths:
-            self.lengths = [int(self.data.shape[-1])] * int(self.data.shape[0])
+        self.lengths = self.lengths or [int(self.data.shape[-1])] * _batch(self.data)
 
-    def _ragged_dims(self):
-        return 1
-
-    def items(self):
-        out = []
-        for i, n in enumerate(self.lengths):
-            samples = None if self.sample_lengths is None else [self.sample_lengths[i]]
-            out.append(
-                Spectrogram(self.data[i : i + 1, :, :n], self.spec, self.names[i : i + 1], [n], samples)
-            )
-        return out
-
-    @classmethod
-    def collate(cls, items):
-        _check_same_spec(items)
-        samples = None
-        if all(x.sample_lengths is not None for x in items):
-            samples = [n for x in items for n in x.sample_lengths]
-        return cls(
-            _pad_stack([x.data for x in items], 1),
-            items[0].spec,
-            [n for x in items for n in x.names],
-            [n for x in items for n in x.lengths],
-            samples,
-        )
+    def extent(self, i):
+        return (self.lengths[i],)
 
 
 @dataclass
@@ -290,50 +274,24 @@ class Images(Signal):
 
     sizes: the valid (h, w) of each item inside the padded batch;
     original_sizes: each item's (h, w) when loaded, to restore on save.
+    The runner batches only same-size images: a convolution's borders would
+    otherwise depend on which larger images an item was batched with.
     """
 
     spec: ImageSpec = field(default_factory=ImageSpec)
     sizes: list[tuple[int, int]] = field(default_factory=list)
     original_sizes: list[tuple[int, int]] = field(default_factory=list)
     kind: ClassVar[str] = "Images"
+    ragged: ClassVar[int] = 2
+    per_item: ClassVar[tuple[str, ...]] = ("sizes", "original_sizes")
+    same_size_batches: ClassVar[bool] = True
 
     def __post_init__(self):
-        h, w = int(self.data.shape[-2]), int(self.data.shape[-1])
-        if not self.sizes:
-            self.sizes = [(h, w)] * int(self.data.shape[0])
-        if not self.original_sizes:
-            self.original_sizes = list(self.sizes)
+        self.sizes = self.sizes or [tuple(int(n) for n in self.data.shape[-2:])] * _batch(self.data)
+        self.original_sizes = self.original_sizes or list(self.sizes)
 
-    def _ragged_dims(self):
-        return 2
-
-    def collate_key(self):
-        # Only same-size images share a batch: a convolution's borders would
-        # otherwise depend on which (larger) images an item was batched with.
-        return (type(self), self.spec, tuple(self.data.shape[1:]))
-
-    def items(self):
-        return [
-            Images(
-                self.data[i : i + 1, :, :h, :w],
-                self.spec,
-                self.names[i : i + 1],
-                [(h, w)],
-                [self.original_sizes[i]],
-            )
-            for i, (h, w) in enumerate(self.sizes)
-        ]
-
-    @classmethod
-    def collate(cls, items):
-        _check_same_spec(items)
-        return cls(
-            _pad_stack([x.data for x in items], 2),
-            items[0].spec,
-            [n for x in items for n in x.names],
-            [s for x in items for s in x.sizes],
-            [s for x in items for s in x.original_sizes],
-        )
+    def extent(self, i):
+        return tuple(self.sizes[i])
 
 
 @dataclass
@@ -343,36 +301,17 @@ class Codes(Signal):
     spec: CodeSpec = field(default_factory=lambda: CodeSpec(codebook_size=0))
     sizes: list[tuple[int, int]] = field(default_factory=list)
     kind: ClassVar[str] = "Codes"
+    ragged: ClassVar[int] = 2
+    per_item: ClassVar[tuple[str, ...]] = ("sizes",)
+    same_size_batches: ClassVar[bool] = True
 
     def __post_init__(self):
-        if not self.sizes:
-            self.sizes = [(int(self.data.shape[-2]), int(self.data.shape[-1]))] * int(self.data.shape[0])
+        self.sizes = self.sizes or [tuple(int(n) for n in self.data.shape[-2:])] * _batch(self.data)
 
-    def _ragged_dims(self):
-        return 2
-
-    def collate_key(self):
-        return (type(self), self.spec, tuple(self.data.shape[1:]))
-
-    def items(self):
-        return [
-            Codes(self.data[i : i + 1, :h, :w], self.spec, self.names[i : i + 1], [(h, w)])
-            for i, (h, w) in enumerate(self.sizes)
-        ]
-
-    @classmethod
-    def collate(cls, items):
-        _check_same_spec(items)
-        return cls(
-            _pad_stack([x.data for x in items], 2),
-            items[0].spec,
-            [n for x in items for n in x.names],
-            [s for x in items for s in x.sizes],
-        )
+    def extent(self, i):
+        return tuple(self.sizes[i])
 
 
-SPEC_OF = {Waveform: WaveformSpec, Spectrogram: FeatureSpec, Images: ImageSpec, Codes: CodeSpec}
-SIGNAL_TYPES = {cls.kind: cls for cls in (Waveform, Spectrogram, Images, Codes)}
 
 
 def type_name(t) -> str:
