@@ -28,6 +28,8 @@ from transmute.signals import File, type_name
 
 REQUIRED = object()
 
+_ACCEPTED = {str: ((str,), "a string"), list: ((list, tuple), "a list"), dict: ((dict,), "a table"),
+             Path: ((str, Path), "a path")}
 _TYPE_NAMES = {int: "int", float: "float", str: "str", bool: "bool", list: "list", dict: "table", Path: "path"}
 
 
@@ -78,22 +80,16 @@ class Param:
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise ValueError(f"expected a number, got {value!r}")
             value = float(value)
-        elif t is str:
-            if not isinstance(value, str):
-                raise ValueError(f"expected a string, got {value!r}")
-        elif t is list:
-            if not isinstance(value, (list, tuple)):
-                raise ValueError(f"expected a list, got {value!r}")
-            value = list(value)
-        elif t is dict:
-            if not isinstance(value, dict):
-                raise ValueError(f"expected a table, got {value!r}")
-        elif t is Path:
-            if not isinstance(value, (str, Path)):
-                raise ValueError(f"expected a path, got {value!r}")
-            value = Path(value).expanduser()
-            if self.must_exist and not value.exists():
-                raise ValueError(f"file not found: {value}")
+        elif t in _ACCEPTED:
+            accepted, what = _ACCEPTED[t]
+            if not isinstance(value, accepted):
+                raise ValueError(f"expected {what}, got {value!r}")
+            if t is list:
+                value = list(value)
+            elif t is Path:
+                value = Path(value).expanduser()
+                if self.must_exist and not value.exists():
+                    raise ValueError(f"file not found: {value}")
         if self.choices is not None and value not in self.choices:
             options = ", ".join(repr(c) for c in self.choices)
             raise ValueError(f"expected one of {options}, got {value!r}")
