@@ -9,11 +9,11 @@ import dataclasses
 import functools
 from pathlib import Path
 
-from transmute.errors import InputError, PipelineError
+from transmute.audio import RESAMPLERS, read_audio, resample
+from transmute.errors import PipelineError
 from transmute.signals import FeatureSpec, File, Spectrogram, Waveform, WaveformSpec
 from transmute.stages import Param, Stage
 
-RESAMPLERS = ("soxr_vhq", "soxr_hq", "soxr_mq", "soxr_lq")
 _EXTRA_EXTENSIONS = {"aif", "aiff", "aifc", "oga", "opus", "mp3", "wave", "htk", "sd2", "w64", "rf64", "caf"}
 
 
@@ -26,19 +26,6 @@ def _extensions() -> frozenset[str]:
     except Exception:  # soundfile missing its library: loading will say so per file
         found = {"wav", "flac", "ogg"}
     return frozenset(found | _EXTRA_EXTENSIONS)
-
-
-def resample(audio, orig_sr: int, target_sr: int, quality: str = "soxr_hq"):
-    """(samples, channels) float32 numpy -> resampled, at least one sample long."""
-    import numpy as np
-    import soxr
-
-    if orig_sr == target_sr:
-        return audio
-    out = soxr.resample(audio, orig_sr, target_sr, quality=quality.removeprefix("soxr_").upper())
-    if out.shape[0] == 0:
-        out = np.zeros((1, audio.shape[1]), dtype=audio.dtype)
-    return np.ascontiguousarray(out, dtype=np.float32)
 
 
 class LoadAudio(Stage):
@@ -68,30 +55,10 @@ class LoadAudio(Stage):
         return WaveformSpec(sample_rate=self.sample_rate or None, channels=channels)
 
     def load(self, path: Path) -> Waveform:
-        import numpy as np
-        import soundfile
         import torch
 
-        try:
-            audio, rate = soundfile.read(str(path), dtype="float32", always_2d=True)
-        except Exception as exc:
-            reason = getattr(exc, "error_string", None) or " ".join(str(exc).replace(str(path), "").split())
-            raise InputError(f"not a readable audio file ({reason.strip(' :')})") from None
-        if audio.shape[0] == 0:
-            raise InputError("the file contains no audio samples")
-        if not np.isfinite(audio).all():
-            raise InputError("the file contains NaN or infinite samples")
-        if self.channel == "mono":
-            audio = audio.mean(axis=1, keepdims=True)
-        elif self.channel != "all":
-            index = int(self.channel)
-            if index >= audio.shape[1]:
-                raise InputError(f"channel {index} requested, but the file has {audio.shape[1]} channel(s)")
-            audio = audio[:, index : index + 1]
-        if self.sample_rate and rate != self.sample_rate:
-            audio = resample(audio, rate, self.sample_rate, self.resampler)
-            rate = self.sample_rate
-        data = torch.from_numpy(np.ascontiguousarray(audio.T)).unsqueeze(0)
+        audio, rate = read_audio(path, self.sample_rate, self.channel, self.resampler)
+        data = torch.from_numpy(audio.T.copy()).unsqueeze(0)
         return Waveform(data, WaveformSpec(rate, data.shape[1]), [path.stem])
 
 

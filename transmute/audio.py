@@ -1,0 +1,66 @@
+"""Audio file I/O shared by every plugin: read any format soundfile reads, resample, trim.
+
+One reader for the whole project, so a stage and a trainer see the same samples
+from the same file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from transmute.errors import InputError
+
+RESAMPLERS = ("soxr_vhq", "soxr_hq", "soxr_mq", "soxr_lq")
+
+
+def resample(audio, orig_sr: int, target_sr: int, quality: str = "soxr_hq"):
+    """(samples, channels) float32 numpy -> resampled with soxr, at least one sample long."""
+    import numpy as np
+    import soxr
+
+    if orig_sr == target_sr:
+        return audio
+    out = soxr.resample(audio, orig_sr, target_sr, quality=quality.removeprefix("soxr_").upper())
+    if out.shape[0] == 0:
+        out = np.zeros((1, audio.shape[1]), dtype=audio.dtype)
+    return np.ascontiguousarray(out, dtype=np.float32)
+
+
+def read_audio(path: Path, sample_rate: int = 0, channel: str = "mono", resampler: str = "soxr_hq"):
+    """Read a file as float32 numpy (samples, channels) and its rate.
+
+    channel: 'mono' mixes down, 'all' keeps every channel, or a channel index as
+    a string. sample_rate 0 keeps the file's rate. Problems raise InputError with
+    a one-line reason (the caller names the file).
+    """
+    import numpy as np
+    import soundfile
+
+    try:
+        audio, rate = soundfile.read(str(path), dtype="float32", always_2d=True)
+    except Exception as exc:
+        reason = getattr(exc, "error_string", None) or " ".join(str(exc).replace(str(path), "").split())
+        raise InputError(f"not a readable audio file ({reason.strip(' :')})") from None
+    if audio.shape[0] == 0:
+        raise InputError("the file contains no audio samples")
+    if not np.isfinite(audio).all():
+        raise InputError("the file contains NaN or infinite samples")
+    if channel == "mono":
+        audio = audio.mean(axis=1, keepdims=True)
+    elif channel != "all":
+        index = int(channel)
+        if index >= audio.shape[1]:
+            raise InputError(f"channel {index} requested, but the file has {audio.shape[1]} channel(s)")
+        audio = audio[:, index : index + 1]
+    if sample_rate and rate != sample_rate:
+        audio = resample(audio, rate, sample_rate, resampler)
+        rate = sample_rate
+    return np.ascontiguousarray(audio), rate
+
+
+def trim_silence(audio, top_db: float = 40.0, frame_length: int = 1024, hop_length: int = 256):
+    """Drop leading and trailing audio quieter than top_db below the peak; (samples, channels)."""
+    import librosa
+
+    _, (start, end) = librosa.effects.trim(audio.T, top_db=top_db, frame_length=frame_length, hop_length=hop_length)
+    return audio[start:end] if end > start else audio
