@@ -40,6 +40,33 @@ class TransmuteGroup(click.Group):
             raise click.ClickException(" ".join(str(exc).split())) from None
 
 
+class PluginCommandGroup(click.Group):
+    """A command group whose subcommands come from a plugin hook (trainers, evaluators)."""
+
+    hookname = ""
+
+    def _fill(self):
+        from transmute.plugins import get_manager
+
+        get_manager().add_subcommands(self, self.hookname)
+
+    def list_commands(self, ctx):
+        self._fill()
+        return super().list_commands(ctx)
+
+    def get_command(self, ctx, name):
+        self._fill()
+        return super().get_command(ctx, name)
+
+
+class TrainGroup(PluginCommandGroup):
+    hookname = "register_trainers"
+
+
+class EvalGroup(PluginCommandGroup):
+    hookname = "register_evaluators"
+
+
 def _disable_plugins(ctx, param, values):
     from transmute import plugins
 
@@ -81,6 +108,8 @@ def plugins_command(as_json):
     """List plugins: version, status, hooks, and the stages they provide."""
     manager = _manager()
     manager.add_commands(cli)
+    manager.add_subcommands(train_group, "register_trainers")
+    manager.add_subcommands(eval_group, "register_evaluators")
     infos = sorted(manager.plugins.values(), key=lambda p: p.name)
     if as_json:
         click.echo(json.dumps([p.as_dict(manager.registry) for p in infos], indent=2))
@@ -251,6 +280,16 @@ def run_command(pipeline, inputs, outdir, overrides, device, batch_size, count, 
         sys.exit(1)
     if not report.outcomes:
         raise TransmuteError(f"no input files found in {', '.join(inputs)} for pipeline '{built.name}'")
+
+
+@cli.group("train", cls=TrainGroup)
+def train_group():
+    """Train a model family: transmute train FAMILY --help shows its options."""
+
+
+@cli.group("eval", cls=EvalGroup)
+def eval_group():
+    """Evaluate results: transmute eval KIND --help shows its options."""
 
 
 @cli.command("new-plugin")

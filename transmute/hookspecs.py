@@ -26,3 +26,17 @@ def register_pipelines(register):
 @hookspec
 def register_commands(cli):
     """Add click commands to the `transmute` command group."""
+
+
+@hookspec
+def register_trainers(register):
+    """Add a click command under `transmute train`: register(command).
+
+    Build it with transmute.training.training_options so every family shares
+    --out, --steps, --resume, --device and the rest.
+    """
+
+
+@hookspec
+def register_evaluators(register):
+    """Add a click command under `transmute eval`: register(command)."""

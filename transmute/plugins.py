@@ -80,7 +80,7 @@ class Manager:
         self.registry = Registry()
         self.disabled = set(disabled or ()) | (_names_from_env("TRANSMUTE_DISABLE_PLUGINS") or set())
         self.only = only if only is not None else _names_from_env("TRANSMUTE_PLUGINS")
-        self._commands_added = False
+        self._groups_filled: set[str] = set()
 
     # ---------------------------------------------------------------- loading
     def load_entry_points(self) -> None:
@@ -187,17 +187,27 @@ class Manager:
         return register
 
     def add_commands(self, cli) -> None:
-        if self._commands_added:
+        """Let plugins add top-level commands (register_commands(cli))."""
+        self._fill(cli, "register_commands", cli=cli)
+
+    def add_subcommands(self, group, hookname: str) -> None:
+        """Let plugins add commands to a group (register_trainers/register_evaluators(register))."""
+        self._fill(group, hookname, register=group.add_command)
+
+    def _fill(self, group, hookname: str, **kwargs) -> None:
+        if hookname in self._groups_filled:
             return
-        self._commands_added = True
+        self._groups_filled.add(hookname)
         for info in list(self.plugins.values()):
-            before = set(cli.commands)
-            self._call_one(info, "register_commands", cli=cli)
-            info.commands = sorted(set(cli.commands) - before)
-            if info.status != "ok":  # a command hook that failed half-way adds nothing
-                for name in info.commands:
-                    cli.commands.pop(name, None)
-                info.commands = []
+            before = set(group.commands)
+            self._call_one(info, hookname, **kwargs)
+            added = sorted(set(group.commands) - before)
+            if info.status != "ok":  # a hook that failed half-way adds nothing
+                for name in added:
+                    group.commands.pop(name, None)
+                continue
+            prefix = "" if hookname == "register_commands" else f"{group.name} "
+            info.commands.extend(prefix + name for name in added)
 
 
 _manager: Manager | None = None

@@ -1,0 +1,41 @@
+"""Command-line entry points of the cyclegan_vc plugin."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from transmute.training import config_from_options, training_options
+
+
+@click.command("cyclegan-vc")
+@click.option("--a", "a_dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Recordings of speaker A (any format and sample rate; searched recursively).")
+@click.option("--b", "b_dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Recordings of speaker B (unpaired with A's).")
+@click.option("--preset", default="small", show_default=True, type=click.Choice(["default", "small", "tiny"]),
+              help="default: the paper's widths (GPU, hours); small: CPU, under an hour; tiny: tests.")
+@click.option("--name-a", default=None, help="Label of speaker A (default: the folder name).")
+@click.option("--name-b", default=None, help="Label of speaker B (default: the folder name).")
+@training_options
+def train_command(a_dir, b_dir, preset, name_a, name_b, **options):
+    """Train a MaskCycleGAN-VC converter between two speakers from unpaired recordings.
+
+    The run folder gets checkpoints/last.safetensors (resume with --resume),
+    model.safetensors (the converter, both directions), samples/ (PNG and WAV)
+    and log.jsonl.
+    """
+    from transmute.training import train
+    from transmute_cyclegan_vc.networks import PRESETS
+    from transmute_cyclegan_vc.task import CycleGANVCTask, describe_size
+
+    config = config_from_options(options, PRESETS[preset])
+    overrides = {k: getattr(config, k) for k in ("steps", "batch_size")}
+    labels = (name_a or a_dir.name, name_b or b_dir.name)
+    click.echo(f"reading {a_dir} and {b_dir} ...", err=True)
+    task = CycleGANVCTask(a_dir, b_dir, preset, overrides, labels)
+    click.echo(f"speaker A '{labels[0]}': {len(task.data['a'])} utterances; speaker B '{labels[1]}': "
+               f"{len(task.data['b'])} utterances; preset {preset}, {config.steps} steps", err=True)
+    model = train(task, config)
+    click.echo(f"converter: {model} ({describe_size(task)})", err=True)

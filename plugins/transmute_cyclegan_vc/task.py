@@ -1,0 +1,246 @@
+"""Training MaskCycleGAN-VC on two folders of unpaired recordings, in the engine's loop."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch.nn import functional as F
+
+from transmute.checkpoint import Checkpoint
+from transmute.errors import TransmuteError
+from transmute.signals import FeatureSpec, Normalization
+from transmute.training import Context, Task
+
+from transmute_cyclegan_vc.networks import PRESETS, Discriminator, Generator
+
+PLUGIN = "cyclegan_vc"
+MODEL = "converter"
+VERSION = "1.0"
+
+# HiFi-GAN/MelGAN's mel settings, which MaskCycleGAN-VC also uses.
+FEATURES = FeatureSpec(sample_rate=22050, n_fft=1024, hop_length=256, n_mels=80, fmin=0, fmax=8000)
+LAMBDA_CYCLE = 10.0
+LAMBDA_IDENTITY = 5.0
+TRIM_TOP_DB = 40.0
+
+
+def speaker_features(folder: Path, spec: FeatureSpec, label: str) -> tuple[list[torch.Tensor], Normalization, list[str]]:
+    """Log-mels of every readable file in a folder (silence trimmed) and their per-bin mean/std."""
+    from transmute import dsp
+    from transmute.audio import read_audio, trim_silence
+    from transmute.files import discover
+
+    files, _, missing = discover([str(folder)], _is_audio)
+    if missing or not files:
+        raise TransmuteError(f"{folder}: no audio files found")
+    feats, skipped = [], []
+    for f in files:
+        try:
+            audio, _ = read_audio(f.path, spec.sample_rate)
+        except TransmuteError as exc:
+            skipped.append(f"{f.path}: {exc}")
+            continue
+        audio = trim_silence(audio, TRIM_TOP_DB)
+        mel, _ = dsp.features(torch.from_numpy(audio[:, 0]).unsqueeze(0), spec)
+        feats.append(mel[0])
+    if not feats:
+        raise TransmuteError(f"{folder}: none of {len(files)} files could be read ({skipped[0]})")
+    frames = torch.cat(feats, dim=1)
+    norm = Normalization(mean=frames.mean(dim=1).tolist(), std=frames.std(dim=1).clamp_min(1e-3).tolist(), label=label)
+    return feats, norm, skipped
+
+
+def _is_audio(path: Path) -> bool:
+    return path.suffix.lower() in {".wav", ".flac", ".ogg", ".mp3", ".aif", ".aiff", ".au", ".w64"}
+
+
+def _norm_tensors(norm: Normalization) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.tensor(norm.mean).view(-1, 1), torch.tensor(norm.std).view(-1, 1)
+
+
+class CycleGANVCTask(Task):
+    plugin = PLUGIN
+    model = MODEL
+    version = VERSION
+
+    def __init__(self, a_dir: Path, b_dir: Path, preset: str = "small", overrides: dict | None = None,
+                 labels: tuple[str, str] | None = None):
+        if preset not in PRESETS:
+            raise TransmuteError(f"unknown preset '{preset}'; choose one of {', '.join(PRESETS)}")
+        self.preset = preset
+        self.h = dict(PRESETS[preset], **(overrides or {}))
+        self.spec = FEATURES
+        self.labels = labels or (Path(a_dir).name, Path(b_dir).name)
+        self.data = {}
+        self.norms = {}
+        for key, folder, label in (("a", a_dir, self.labels[0]), ("b", b_dir, self.labels[1])):
+            feats, norm, _ = speaker_features(Path(folder), self.spec, label)
+            mean, std = _norm_tensors(norm)
+            self.data[key] = [(f - mean) / std for f in feats]
+            self.norms[key] = norm
+        self.sample_sources = {k: v[0] for k, v in self.data.items()}
+
+    def hparams(self) -> dict:
+        return {"preset": self.preset, **self.h, "n_mels": self.spec.n_mels, "labels": list(self.labels)}
+
+    # ---------------------------------------------------------------- building
+    def _generator(self):
+        h = self.h
+        return Generator(self.spec.n_mels, h["gen_channels"], h["res_channels"], h["res_blocks"])
+
+    def setup(self, ctx: Context) -> None:
+        h, dev = self.h, ctx.device
+        self.ctx = ctx
+        self.nets = {
+            "g_ab": self._generator().to(dev), "g_ba": self._generator().to(dev),
+            "d_a": Discriminator(h["disc_channels"]).to(dev), "d_b": Discriminator(h["disc_channels"]).to(dev),
+            # The second pair judges cycle-reconstructed features (two-step adversarial loss).
+            "d_a2": Discriminator(h["disc_channels"]).to(dev), "d_b2": Discriminator(h["disc_channels"]).to(dev),
+        }
+        self.run = {name: ctx.wrap(net) for name, net in self.nets.items()}
+        betas = (0.5, 0.999)
+        gen_params = list(self.nets["g_ab"].parameters()) + list(self.nets["g_ba"].parameters())
+        disc_params = [p for n in ("d_a", "d_b", "d_a2", "d_b2") for p in self.nets[n].parameters()]
+        self.opt = {"g": torch.optim.Adam(gen_params, lr=h["lr_g"], betas=betas),
+                    "d": torch.optim.Adam(disc_params, lr=h["lr_d"], betas=betas)}
+
+    def modules(self):
+        return self.nets
+
+    def optimizers(self):
+        return self.opt
+
+    # ---------------------------------------------------------------- data
+    def _segments(self, key: str, generator) -> torch.Tensor:
+        n = self.h["segment_frames"]
+        out = []
+        utterances = self.data[key]
+        for _ in range(self.h["batch_size"]):
+            mel = utterances[int(torch.randint(len(utterances), (1,), generator=generator))]
+            if mel.shape[1] < n:
+                mel = F.pad(mel.unsqueeze(0), (0, n - mel.shape[1]), mode="replicate")[0]
+            start = int(torch.randint(mel.shape[1] - n + 1, (1,), generator=generator))
+            out.append(mel[:, start : start + n])
+        return torch.stack(out)
+
+    def _masks(self, generator) -> torch.Tensor:
+        """Filling in frames: a random run of up to max_mask_frames frames is zeroed."""
+        b, n, most = self.h["batch_size"], self.h["segment_frames"], self.h["max_mask_frames"]
+        masks = torch.ones(b, self.spec.n_mels, n)
+        for i in range(b):
+            length = int(torch.randint(most + 1, (1,), generator=generator))
+            start = int(torch.randint(n - length + 1, (1,), generator=generator))
+            masks[i, :, start : start + length] = 0
+        return masks
+
+    def next_batch(self, generator):
+        return {"a": self._segments("a", generator), "b": self._segments("b", generator),
+                "mask_a": self._masks(generator), "mask_b": self._masks(generator)}
+
+    # ---------------------------------------------------------------- step
+    def _learning_rates(self, step: int) -> None:
+        h = self.h
+        decay = 1.0
+        if step >= h["decay_from"] and h["steps"] > h["decay_from"]:
+            decay = max(0.0, 1 - (step - h["decay_from"]) / (h["steps"] - h["decay_from"]))
+        for name, base in (("g", h["lr_g"]), ("d", h["lr_d"])):
+            for group in self.opt[name].param_groups:
+                group["lr"] = base * decay
+
+    def train_step(self, batch, step: int, ctx: Context) -> dict[str, float]:
+        run = self.run
+        a, b = batch["a"].to(ctx.device), batch["b"].to(ctx.device)
+        ma, mb = batch["mask_a"].to(ctx.device), batch["mask_b"].to(ctx.device)
+        self._learning_rates(step)
+        use_identity = step < self.h["identity_until"]
+
+        # Generators: adversarial (one- and two-step), cycle-consistency, identity.
+        self.opt["g"].zero_grad(set_to_none=True)
+        with ctx.autocast():
+            fake_b, fake_a = run["g_ab"](a, ma), run["g_ba"](b, mb)
+            cycle_a, cycle_b = run["g_ba"](fake_b), run["g_ab"](fake_a)
+            adv = ((run["d_b"](fake_b) - 1) ** 2).mean() + ((run["d_a"](fake_a) - 1) ** 2).mean()
+            adv2 = ((run["d_a2"](cycle_a) - 1) ** 2).mean() + ((run["d_b2"](cycle_b) - 1) ** 2).mean()
+            cycle = (cycle_a - a).abs().mean() + (cycle_b - b).abs().mean()
+            loss_g = adv + adv2 + LAMBDA_CYCLE * cycle
+            identity = torch.zeros((), device=ctx.device)
+            if use_identity:
+                identity = (run["g_ab"](b) - b).abs().mean() + (run["g_ba"](a) - a).abs().mean()
+                loss_g = loss_g + LAMBDA_IDENTITY * identity
+        loss_g.float().backward()
+        self.opt["g"].step()
+
+        # Discriminators: real vs converted, and real vs cycle-reconstructed.
+        self.opt["d"].zero_grad(set_to_none=True)
+        fake_a, fake_b = fake_a.detach(), fake_b.detach()
+        cycle_a, cycle_b = cycle_a.detach(), cycle_b.detach()
+        with ctx.autocast():
+            loss_d = 0.5 * (
+                ((run["d_a"](a) - 1) ** 2).mean() + (run["d_a"](fake_a) ** 2).mean()
+                + ((run["d_b"](b) - 1) ** 2).mean() + (run["d_b"](fake_b) ** 2).mean()
+            )
+            loss_d2 = 0.5 * (
+                ((run["d_a2"](a) - 1) ** 2).mean() + (run["d_a2"](cycle_a) ** 2).mean()
+                + ((run["d_b2"](b) - 1) ** 2).mean() + (run["d_b2"](cycle_b) ** 2).mean()
+            )
+        (loss_d + loss_d2).float().backward()
+        self.opt["d"].step()
+        values = {"g_adv": adv, "g_adv2": adv2, "cycle": cycle, "identity": identity, "d": loss_d, "d2": loss_d2}
+        return {k: float(v.detach()) for k, v in values.items()}
+
+    # ---------------------------------------------------------------- outputs
+    def convert(self, features: torch.Tensor, direction: str) -> torch.Tensor:
+        """Normalised (n_mels, frames) of one speaker -> normalised features of the other."""
+        net = self.nets["g_ab" if direction == "a2b" else "g_ba"]
+        net.eval()
+        with torch.no_grad():
+            out = net(features.unsqueeze(0).to(self.ctx.device))[0].float().cpu()
+        net.train()
+        return out
+
+    def write_samples(self, step: int, folder: Path) -> None:
+        import soundfile
+
+        from transmute import dsp
+        from transmute.files import atomic_path
+        from transmute.viz import spectrogram_png
+
+        folder.mkdir(parents=True, exist_ok=True)
+        for direction, source, target in (("a2b", "a", "b"), ("b2a", "b", "a")):
+            src = self.sample_sources[source][:, :512]
+            out = self.convert(src, direction)
+            src_mean, src_std = _norm_tensors(self.norms[source])
+            tgt_mean, tgt_std = _norm_tensors(self.norms[target])
+            src_log, out_log = src * src_std + src_mean, out * tgt_std + tgt_mean
+            name = f"step{step:07d}-{direction}"
+            spectrogram_png([src_log, out_log], folder / f"{name}.png",
+                            titles=[f"{self.labels[0 if source == 'a' else 1]} (source)", "converted"])
+            linear = dsp.mel_to_linear(torch.exp(out_log).unsqueeze(0), self.spec.replace(log=False))
+            audio = dsp.griffin_lim(linear, self.spec, n_iter=32)[0].numpy()
+            audio = audio / max(1.0, float(abs(audio).max()) / 0.95)
+            with atomic_path(folder / f"{name}.wav") as tmp:
+                soundfile.write(str(tmp), audio, self.spec.sample_rate, format="WAV", subtype="PCM_16")
+
+    def export(self) -> Checkpoint:
+        tensors = {}
+        for direction, name in (("a2b", "g_ab"), ("b2a", "g_ba")):
+            for key, value in self.nets[name].state_dict().items():
+                # float16 halves the file; conversion runs in float32 after loading.
+                tensors[f"{direction}/{key}"] = value.detach().to(torch.float16)
+        return Checkpoint(
+            tensors=tensors, plugin=PLUGIN, model=MODEL, version=VERSION,
+            hparams={k: self.h[k] for k in ("gen_channels", "res_channels", "res_blocks")} | {"preset": self.preset},
+            feature_spec=self.spec.to_dict(),
+            extra={"speakers": {"a": self.labels[0], "b": self.labels[1]},
+                   "stats": {k: {"mean": list(n.mean), "std": list(n.std)} for k, n in self.norms.items()}},
+        )
+
+
+def describe_size(task: CycleGANVCTask) -> str:
+    from transmute_cyclegan_vc.networks import count_parameters
+
+    g = count_parameters(task.nets["g_ab"])
+    d = count_parameters(task.nets["d_a"])
+    return f"generators 2 x {g / 1e6:.2f}M parameters, discriminators 4 x {d / 1e6:.2f}M"
+
