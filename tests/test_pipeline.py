@@ -92,6 +92,11 @@ def test_parse_value():
         (lambda d: d["pipeline"].update(batchsize=3), r"\[pipeline\]: unknown key 'batchsize' \(did you mean 'batch_size'\?\)"),
         (lambda d: d["stage"][1].pop("use"), r"stage 2: missing 'use'"),
         (lambda d: d.update(stages=[]), r"unknown top-level key 'stages' \(did you mean 'stage'\?\)"),
+        (lambda d: d["stage"][1].update(use=3), r"stage 2: 'use' must be a stage type name in quotes, got 3"),
+        (lambda d: d["stage"][1].update(use=["audio.logmel"]), r"stage 2: 'use' must be a stage type name"),
+        (lambda d: d.update(pipeline=3), r"'pipeline' must be a \[pipeline\] table"),
+        (lambda d: d["stage"][1].update(name=""), r"stage 2: 'name' must be a non-empty name without dots"),
+        (lambda d: d["stage"][1].update(window="kaiser"), r"stage 'mel' \(audio.logmel\): window 'kaiser' is not a window"),
     ],
 )
 def test_mistakes_are_refused_with_file_stage_and_key(registry, mutate, message):
@@ -179,3 +184,8 @@ def test_paths_in_a_file_are_relative_to_it_and_set_paths_to_the_working_dir(tmp
     (elsewhere / "mine.safetensors").write_bytes(b"y")
     p = build_pipeline(str(pipe), local, ["model.checkpoint=mine.safetensors"])
     assert p.stages[2].checkpoint == Path("mine.safetensors") and p.stages[2].checkpoint.exists()
+
+
+def test_channel_index_may_be_given_as_a_number(registry):
+    p = build(RESYNTH, registry, ["load.channel=1"])
+    assert p.stages[0].channel == "1"

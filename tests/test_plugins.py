@@ -154,7 +154,7 @@ def test_failing_plugins_are_listed_and_the_rest_works(transmute_cli, everything
     plugins = plugins_json(transmute_cli, everything)
     assert {name: p["status"] for name, p in plugins.items()} == {
         "audio": "ok", "badhook": "failed", "broken": "failed", "clash": "ok", "echo": "ok",
-        "image": "ok", "pipelines": "ok"}
+        "cyclegan_vc": "ok", "images": "ok", "pipelines": "ok"}
     assert plugins["badhook"]["stages"] == []
 
     stages = ok(transmute_cli(["stages"], everything))
@@ -254,7 +254,7 @@ def test_the_guide_shows_real_output(transmute_cli, guide_site, tmp_path):
     shown(transmute_cli(["new-plugin", "my_fx", "my-fx/"], cwd=tmp_path))
     plugins = ok(transmute_cli(["plugins"], guide_site))
     shown(transmute_cli(["stages", "gate.spectral"], guide_site))
-    assert plugins[plugins.index("gate 0.1.0"):plugins.index("image ")] in guide
+    assert plugins[plugins.index("gate 0.1.0"):plugins.index("images ")] in guide
 
     shutil.copy(write_guide_package(tmp_path / "guide") / "masked.toml", tmp_path)
     shown(transmute_cli(["gate-make-mask", "mask.safetensors", "--tilt-db", "-12"], guide_site, cwd=tmp_path))

@@ -36,6 +36,8 @@ def read_audio(path: Path, sample_rate: int = 0, channel: str = "mono", resample
     import numpy as np
     import soundfile
 
+    if Path(path).stat().st_size == 0:
+        raise InputError("the file is empty")
     try:
         audio, rate = soundfile.read(str(path), dtype="float32", always_2d=True)
     except Exception as exc:

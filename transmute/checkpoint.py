@@ -75,12 +75,31 @@ def read_metadata(path: str | Path) -> dict:
         raise CheckpointError(f"{path}: checkpoint metadata is not valid JSON ({exc})") from None
     if meta.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a transmute checkpoint (format {meta.get('format')!r})")
-    if int(meta.get("format_version", 0)) > FORMAT_VERSION:
+    version = meta.get("format_version", 0)
+    if not isinstance(version, int) or version > FORMAT_VERSION:
         raise CheckpointError(
             f"{path}: checkpoint format {meta.get('format_version')} is newer than this transmute "
             f"understands ({FORMAT_VERSION}); upgrade transmute"
         )
     return meta
+
+
+def resolve_model(ref: str | Path) -> Path:
+    """A checkpoint path, or the file behind a model name that an installed plugin registered."""
+    from transmute.plugins import get_manager
+
+    path = Path(ref).expanduser()
+    if path.is_file():
+        return path
+    models = get_manager().registry.models
+    if str(ref) in models:
+        registered = models[str(ref)][0]
+        if not registered.is_file():
+            raise CheckpointError(f"model '{ref}': its file {registered} is missing; reinstall the plugin that ships it")
+        return registered
+    known = ", ".join(sorted(models)) or "none"
+    raise CheckpointError(f"model '{ref}': no such checkpoint file, and no installed plugin ships a model of "
+                          f"that name (built-in models: {known})")
 
 
 def _major(version: str) -> str:

@@ -178,6 +178,32 @@ def pipelines_command():
         click.echo(f"{name:24s} {description}  [{registry.pipeline_plugin[name]}: {path}]")
 
 
+@cli.command("models")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def models_command(as_json):
+    """List the models installed plugins ship (usable wherever a stage takes a model)."""
+    from transmute.checkpoint import read_metadata
+
+    registry = _manager().registry
+    rows = []
+    for name in sorted(registry.models):
+        path, description = registry.models[name]
+        try:
+            meta = read_metadata(path)
+            made = f"{meta.get('plugin')}/{meta.get('model')} {meta.get('version')}"
+        except TransmuteError as exc:
+            meta, made = {}, f"unreadable: {exc}"
+        rows.append({"name": name, "plugin": registry.model_plugin[name], "path": str(path),
+                     "description": description, "checkpoint": made, "extra": meta.get("extra", {})})
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        click.echo("no models registered")
+    for row in rows:
+        click.echo(f"{row['name']:16s} {row['description']}  [{row['plugin']}: {row['checkpoint']}; {row['path']}]")
+
+
 _set_option = click.option(
     "--set", "overrides", multiple=True, metavar="STAGE.PARAM=VALUE",
     help="Override a stage parameter (repeatable); values are TOML literals, e.g. --set griffinlim.n_iter=64.",
@@ -215,7 +241,7 @@ def describe_command(pipeline, overrides, as_json):
 @click.option("-o", "--output", "outdir", required=True, type=click.Path(file_okay=False),
               help="Folder for the outputs (created if missing); input sub-folders are mirrored.")
 @_set_option
-@click.option("--device", default=None, type=click.Choice(["auto", "cpu", "cuda"]),
+@click.option("--device", default=None, metavar="auto|cpu|cuda[:N]",
               help="Where stages run (default: the pipeline's, else auto).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Items per batch.")
 @click.option("--count", type=click.IntRange(min=1), default=None,
@@ -230,6 +256,13 @@ def run_command(pipeline, inputs, outdir, overrides, device, batch_size, count, 
     input that fails is reported and the rest go on; the exit status is 1 if
     any input failed.
     """
+    execute_run(pipeline, inputs, outdir, list(overrides), device=device, batch_size=batch_size, count=count,
+                overwrite=overwrite, quiet=quiet)
+
+
+def execute_run(pipeline, inputs, outdir, overrides=(), *, device=None, batch_size=None, count=None,
+                overwrite=False, quiet=False) -> None:
+    """What `transmute run` does; plugin commands (e.g. convert-voice) call it with their own overrides."""
     from transmute.pipeline import build_pipeline
     from transmute.runner import Runner
 

@@ -40,3 +40,8 @@ def register_trainers(register):
 @hookspec
 def register_evaluators(register):
     """Add a click command under `transmute eval`: register(command)."""
+
+
+@hookspec
+def register_models(register):
+    """Name checkpoints a plugin ships: register(name, path, description="")."""

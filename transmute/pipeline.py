@@ -97,6 +97,8 @@ def _jsonable(obj):
 def find_pipeline(ref: str, registry) -> Path:
     """A pipeline by path (anything with a slash or ending in .toml) or by registered name."""
     path = Path(ref).expanduser()
+    if path.is_dir():
+        raise PipelineError(f"{ref}: is a folder, not a pipeline file (.toml)")
     if ref.endswith(".toml") or "/" in ref or path.is_file():
         if not path.is_file():
             raise PipelineError(f"{ref}: pipeline file not found")
@@ -132,9 +134,13 @@ def parse_value(text: str) -> Any:
         return text
 
 
-def parse_overrides(items: list[str]) -> list[tuple[str, str, Any]]:
+def parse_overrides(items: list) -> list[tuple[str, str, Any]]:
+    """'stage.param=value' strings (values as TOML literals), or ready (stage, param, value) tuples."""
     out = []
     for item in items:
+        if isinstance(item, tuple):
+            out.append(item)
+            continue
         key, sep, value = item.partition("=")
         stage, dot, param = key.strip().partition(".")
         if not sep or not dot or not stage or not param:
@@ -160,6 +166,8 @@ def build_from_dict(doc: dict, registry, source: str = "<pipeline>", name: str =
     if unknown:
         key = sorted(unknown)[0]
         raise PipelineError(f"{where}: unknown top-level key '{key}'{suggest(key, ['pipeline', 'stage'])}")
+    if not isinstance(doc.get("pipeline", {}), dict):
+        raise PipelineError(f"{where}: 'pipeline' must be a [pipeline] table")
     settings = dict(doc.get("pipeline", {}))
     raw_stages = doc.get("stage", [])
     if not isinstance(raw_stages, list) or not raw_stages:
@@ -174,12 +182,16 @@ def build_from_dict(doc: dict, registry, source: str = "<pipeline>", name: str =
         use = raw.pop("use", None)
         if not use:
             raise PipelineError(f"{where}: stage {i}: missing 'use' (the stage type, e.g. \"audio.load\")")
+        if not isinstance(use, str):
+            raise PipelineError(f"{where}: stage {i}: 'use' must be a stage type name in quotes, got {use!r}")
         if use not in registry.stages:
             raise PipelineError(
-                f"{where}: stage {i}: unknown stage type '{use}'{suggest(use, registry.stages)}; "
-                "`transmute stages` lists the installed ones"
+                f"{where}: stage {i}: unknown stage type '{use}'{suggest(use, registry.stages)}"
+                f"{registry.why_missing(use)}; `transmute stages` lists the installed ones"
             )
-        label = str(raw.pop("name", use.rsplit(".", 1)[-1]))
+        label = raw.pop("name", use.rsplit(".", 1)[-1])
+        if not isinstance(label, str) or not label.strip() or "." in label:
+            raise PipelineError(f"{where}: stage {i}: 'name' must be a non-empty name without dots, got {label!r}")
         if label in labels or label == "pipeline":
             raise PipelineError(f"{where}: stage {i}: name '{label}' is used twice; give one a distinct name")
         labels[label] = i

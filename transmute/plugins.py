@@ -35,6 +35,7 @@ class PluginInfo:
     hooks: list[str] = field(default_factory=list)
     stages: list[str] = field(default_factory=list)
     pipelines: list[str] = field(default_factory=list)
+    models: list[str] = field(default_factory=list)
     commands: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
@@ -42,7 +43,7 @@ class PluginInfo:
         out = {
             "name": self.name, "version": self.version, "module": self.module,
             "status": self.status, "reason": self.reason, "hooks": self.hooks,
-            "pipelines": self.pipelines, "commands": self.commands, "warnings": self.warnings,
+            "pipelines": self.pipelines, "models": self.models, "commands": self.commands, "warnings": self.warnings,
         }
         if registry is not None:
             out["stages"] = [registry.stages[s].describe() for s in self.stages if s in registry.stages]
@@ -57,9 +58,19 @@ class Registry:
     stage_plugin: dict[str, str] = field(default_factory=dict)
     pipelines: dict[str, Path] = field(default_factory=dict)
     pipeline_plugin: dict[str, str] = field(default_factory=dict)
+    models: dict[str, tuple[Path, str]] = field(default_factory=dict)  # name -> (path, description)
+    model_plugin: dict[str, str] = field(default_factory=dict)
+    unavailable: dict[str, str] = field(default_factory=dict)  # plugin name -> why it is not loaded
+
+    def why_missing(self, stage_name: str) -> str:
+        """A hint for an unknown stage type whose prefix names a disabled or failed plugin."""
+        plugin = stage_name.split(".", 1)[0]
+        reason = self.unavailable.get(plugin)
+        return f" (plugin '{plugin}' is not loaded: {reason})" if reason else ""
 
     def drop(self, plugin: str) -> None:
-        for table, owner in ((self.stages, self.stage_plugin), (self.pipelines, self.pipeline_plugin)):
+        for table, owner in ((self.stages, self.stage_plugin), (self.pipelines, self.pipeline_plugin),
+                             (self.models, self.model_plugin)):
             for key in [k for k, p in owner.items() if p == plugin]:
                 table.pop(key, None)
                 owner.pop(key, None)
@@ -95,6 +106,7 @@ class Manager:
             self.plugins[ep.name] = info
             if (self.only is not None and ep.name not in self.only) or ep.name in self.disabled:
                 info.status, info.reason = "disabled", "disabled by configuration"
+                self.registry.unavailable[ep.name] = "disabled by TRANSMUTE_PLUGINS, TRANSMUTE_DISABLE_PLUGINS or --disable-plugin"
                 continue
             try:
                 module = ep.load()
@@ -102,6 +114,7 @@ class Manager:
                 if isinstance(exc, KeyboardInterrupt):
                     raise
                 info.status, info.reason = "failed", f"import failed: {one_line(exc)}"
+                self.registry.unavailable[ep.name] = info.reason
                 continue
             self._register(module, info)
 
@@ -124,6 +137,7 @@ class Manager:
         info.hooks = sorted(h.name for h in self.pm.get_hookcallers(module) or [])
         self._call_one(info, "register_stages", register=self._stage_registrar(info))
         self._call_one(info, "register_pipelines", register=self._pipeline_registrar(info))
+        self._call_one(info, "register_models", register=self._model_registrar(info))
 
     def _impl_of(self, info: PluginInfo, hookname: str):
         plugin = self.pm.get_plugin(info.name)
@@ -149,7 +163,8 @@ class Manager:
         info = self.plugins[name]
         info.status, info.reason = "failed", reason
         self.registry.drop(name)
-        info.stages, info.pipelines = [], []
+        self.registry.unavailable[name] = reason
+        info.stages, info.pipelines, info.models = [], [], []
         plugin = self.pm.get_plugin(name)
         if plugin is not None:
             self.pm.unregister(plugin)
@@ -183,6 +198,18 @@ class Manager:
             self.registry.pipelines[name] = path
             self.registry.pipeline_plugin[name] = info.name
             info.pipelines.append(name)
+
+        return register
+
+    def _model_registrar(self, info: PluginInfo):
+        def register(name: str, path, description: str = ""):
+            owner = self.registry.model_plugin.get(name)
+            if owner is not None and owner != info.name:
+                info.warnings.append(f"model '{name}' already registered by plugin '{owner}'; kept that one")
+                return
+            self.registry.models[name] = (Path(path), description)
+            self.registry.model_plugin[name] = info.name
+            info.models.append(name)
 
         return register
 

@@ -21,6 +21,11 @@ from transmute.files import atomic_path, discover
 from transmute.pipeline import Pipeline
 
 
+# A batch is cut short past this many input elements (about 6 minutes of 22 kHz
+# audio), so a folder of long files never needs many times one file's memory.
+MAX_BATCH_ELEMENTS = 1 << 23
+
+
 @dataclass
 class Job:
     label: str  # what messages call it: the input path, or the generated name
@@ -72,7 +77,7 @@ def resolve_device(requested: str) -> str:
         return "cuda" if torch.cuda.is_available() else "cpu"
     if requested.startswith("cuda") and not torch.cuda.is_available():
         raise TransmuteError(f"--device {requested}: no CUDA device is available to torch here; use --device cpu")
-    if requested not in ("cpu",) and not requested.startswith("cuda"):
+    if requested != "cpu" and not requested.startswith("cuda"):
         raise TransmuteError(f"--device {requested}: expected auto, cpu or cuda")
     return requested
 
@@ -99,6 +104,9 @@ class Runner:
 
     # ---------------------------------------------------------------- planning
     def plan_files(self, inputs: list[str]) -> list[Job]:
+        for raw in inputs:
+            if Path(raw).is_dir() and Path(raw).resolve() == self.outdir.resolve():
+                raise TransmuteError(f"{raw}: the output folder is also an input folder; choose another -o folder")
         files, ignored, missing = discover(inputs, self.pipeline.first.accepts, exclude=self.outdir)
         self.report.ignored = ignored
         suffix = self.pipeline.saver.suffix()
@@ -128,6 +136,10 @@ class Runner:
     # ---------------------------------------------------------------- running
     def _setup(self) -> None:
         if not self._ready:
+            try:
+                self.outdir.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise TransmuteError(f"{self.outdir}: cannot create the output folder ({exc.strerror or exc})") from None
             for stage in self.pipeline.stages:
                 try:
                     stage.setup(self.device)
@@ -158,7 +170,8 @@ class Runner:
                 except Exception as exc:
                     self._fail(job, exc)
                     continue
-                if pending and (len(pending) >= self.batch_size
+                size = sum(p[1].data.numel() for p in pending) + item.data.numel()
+                if pending and (len(pending) >= self.batch_size or size > MAX_BATCH_ELEMENTS
                                 or pending[0][1].collate_key() != item.collate_key()):
                     self._flush(pending)
                     pending = []

@@ -132,6 +132,11 @@ See transmute's docs/writing-plugins.md for the hooks, signals and stage API.
 def write_plugin(name: str, directory: Path) -> list[Path]:
     if not re.fullmatch(r"[a-z][a-z0-9_]*", name):
         raise TransmuteError(f"plugin name {name!r}: use lower-case letters, digits and '_' (e.g. my_gain)")
+    import importlib.metadata
+
+    installed = {ep.name for ep in importlib.metadata.entry_points(group="transmute")}
+    if name in installed:
+        raise TransmuteError(f"plugin name {name!r} is taken by an installed plugin; choose another")
     directory = Path(directory)
     if directory.exists() and any(directory.iterdir()):
         raise TransmuteError(f"{directory}: folder exists and is not empty; choose a new one")

@@ -44,6 +44,8 @@ class LoadAudio(Stage):
         return path.suffix.lower().lstrip(".") in _extensions()
 
     def __init__(self, label=None, **values):
+        if isinstance(values.get("channel"), int) and not isinstance(values.get("channel"), bool):
+            values["channel"] = str(values["channel"])  # --set load.channel=1
         super().__init__(label, **values)
         if self.channel not in ("mono", "all") and not self.channel.isdigit():
             from transmute.stages import ParamError
@@ -53,6 +55,13 @@ class LoadAudio(Stage):
     def check(self, incoming):
         channels = None if self.channel == "all" else 1
         return WaveformSpec(sample_rate=self.sample_rate or None, channels=channels)
+
+    def setup(self, device) -> None:
+        super().setup(device)
+        import numpy  # noqa: F401 - imported once here, not half-way through a file when Ctrl-C lands
+        import soundfile  # noqa: F401
+        import soxr  # noqa: F401
+        import torch  # noqa: F401
 
     def load(self, path: Path) -> Waveform:
         import torch
@@ -93,6 +102,17 @@ class Resample(Stage):
 _SPEC_DEFAULTS = FeatureSpec()
 
 
+def _check_window(name: str, length: int) -> None:
+    if name in ("hann", "hamming", "blackman"):
+        return
+    from scipy.signal import get_window
+
+    try:
+        get_window(name, length, fftbins=True)
+    except (ValueError, TypeError) as exc:
+        raise PipelineError(f"window '{name}' is not a window scipy knows without extra parameters ({exc})") from None
+
+
 class LogMel(Stage):
     """Waveform -> (log-)mel or linear spectrogram; librosa's filter bank, torch STFT."""
 
@@ -114,9 +134,31 @@ class LogMel(Stage):
         "htk": Param(bool, False, "HTK mel scale instead of Slaney's"),
         "log": Param(bool, True, "natural log of max(x, log_floor)"),
         "log_floor": Param(float, 1e-5, "floor before the log", min=0),
+        "spec_from": Param(str, "", "a checkpoint or model name whose feature spec to use "
+                           "(then the settings above are taken from it)"),
     }
 
+    def _model_spec(self) -> FeatureSpec:
+        from transmute.checkpoint import read_metadata, resolve_model
+
+        path = resolve_model(self.spec_from)
+        stored = read_metadata(path).get("feature_spec")
+        if not stored:
+            raise PipelineError(f"spec_from: {path} stores no feature spec")
+        return FeatureSpec.from_dict(stored).replace(normalization=None)
+
     def check(self, incoming: WaveformSpec) -> FeatureSpec:
+        if self.spec_from:
+            spec = self._model_spec()
+            if incoming.sample_rate != spec.sample_rate:
+                rate = f"{incoming.sample_rate} Hz" if incoming.sample_rate else "at each file's own rate"
+                raise PipelineError(
+                    f"the model '{self.spec_from}' takes {spec.sample_rate} Hz features, but the incoming audio is "
+                    f"{rate}; set sample_rate = {spec.sample_rate} on the load stage"
+                )
+            if incoming.channels != 1:
+                raise PipelineError("needs mono audio; set channel = \"mono\" (or an index) on the load stage")
+            return spec
         if not incoming.sample_rate:
             raise PipelineError(
                 "needs a known sample rate, but the incoming audio keeps each file's own rate; "
@@ -132,7 +174,9 @@ class LogMel(Stage):
             )
         if self.win_length > self.n_fft:
             raise PipelineError(f"win_length {self.win_length} is larger than n_fft {self.n_fft}")
-        return FeatureSpec(sample_rate=incoming.sample_rate, **self.values)
+        _check_window(self.window, self.win_length or self.n_fft)
+        settings = {k: v for k, v in self.values.items() if k != "spec_from"}
+        return FeatureSpec(sample_rate=incoming.sample_rate, **settings)
 
     def process(self, signal: Waveform) -> Spectrogram:
         from transmute import dsp

@@ -96,6 +96,12 @@ class LoadImages(Stage):
     def check(self, incoming):
         return ImageSpec(self.mode, self.value_range)
 
+    def setup(self, device) -> None:
+        super().setup(device)
+        import numpy  # noqa: F401 - imported once here, not half-way through a file when Ctrl-C lands
+        import PIL.Image  # noqa: F401
+        import torch  # noqa: F401
+
     def load(self, path: Path) -> Images:
         import numpy as np
         import torch
