@@ -11,7 +11,35 @@ MODELS = Path(__file__).with_name("models")
 
 
 @hookimpl
+def register_stages(register):
+    from transmute_cyclegan_vc.stages import Convert
+
+    register(Convert)
+
+
+@hookimpl
+def register_models(register):
+    path = MODELS / "kal-slt.safetensors"
+    if path.is_file():
+        register("kal-slt", path, "festival kal (male) <-> slt (female), small preset; a2b: kal -> slt")
+
+
+@hookimpl
 def register_trainers(register):
     from transmute_cyclegan_vc.commands import train_command
 
     register(train_command)
+
+
+@hookimpl
+def register_commands(cli):
+    from transmute_cyclegan_vc.commands import convert_voice_command
+
+    cli.add_command(convert_voice_command)
+
+
+@hookimpl
+def register_evaluators(register):
+    from transmute_cyclegan_vc.evaluate import eval_vc_command
+
+    register(eval_vc_command)

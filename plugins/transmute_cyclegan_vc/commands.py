@@ -39,3 +39,26 @@ def train_command(a_dir, b_dir, preset, name_a, name_b, **options):
                f"{len(task.data['b'])} utterances; preset {preset}, {config.steps} steps", err=True)
     model = train(task, config)
     click.echo(f"converter: {model} ({describe_size(task)})", err=True)
+
+
+@click.command("convert-voice")
+@click.argument("inputs", nargs=-1, required=True, type=click.Path())
+@click.option("-o", "--output", "outdir", required=True, type=click.Path(file_okay=False),
+              help="Folder for the converted files.")
+@click.option("--model", default="kal-slt", show_default=True,
+              help="A converter checkpoint (RUN/model.safetensors) or a built-in model name.")
+@click.option("--direction", default="a2b", show_default=True, type=click.Choice(["a2b", "b2a"]),
+              help="a2b: speaker A -> B as trained (--a -> --b); b2a: the other way.")
+@click.option("--griffinlim-iters", default=32, show_default=True, type=click.IntRange(min=1))
+@click.option("--device", default=None, type=click.Choice(["auto", "cpu", "cuda"]))
+@click.option("--batch-size", type=click.IntRange(min=1), default=None)
+@click.option("--overwrite", is_flag=True, help="Replace outputs that already exist.")
+@click.option("-q", "--quiet", is_flag=True)
+def convert_voice_command(inputs, outdir, model, direction, griffinlim_iters, device, batch_size, overwrite, quiet):
+    """Convert speech files or folders to the other speaker's voice (pipeline voice-conversion)."""
+    from transmute.cli import execute_run
+
+    overrides = [("mel", "spec_from", model), ("convert", "model", model), ("convert", "direction", direction),
+                 ("griffinlim", "n_iter", griffinlim_iters)]
+    execute_run("voice-conversion", inputs, outdir, overrides, device=device, batch_size=batch_size,
+                overwrite=overwrite, quiet=quiet)

@@ -1,0 +1,121 @@
+"""The conversion stage: one speaker's log-mel spectrogram -> the other's."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from transmute.errors import SpecMismatch, TransmuteError
+from transmute.signals import FeatureSpec, Spectrogram, spec_differences
+from transmute.stages import Param, Stage
+
+PLUGIN, MODEL, VERSION = "cyclegan_vc", "converter", "1.0"
+DEFAULT_MODEL = "kal-slt"
+
+
+def load_converter(ref: str, direction: str, device="cpu"):
+    """(generator in eval mode, source stats, target stats, checkpoint) for one direction."""
+    import torch
+
+    from transmute.checkpoint import load_checkpoint, resolve_model
+    from transmute_cyclegan_vc.networks import Generator
+
+    ckpt = load_checkpoint(resolve_model(ref), plugin=PLUGIN, model=MODEL, version=VERSION)
+    spec = FeatureSpec.from_dict(ckpt.feature_spec)
+    h = ckpt.hparams
+    net = Generator(spec.n_mels, h["gen_channels"], h["res_channels"], h["res_blocks"])
+    prefix = f"{direction}/"
+    net.load_state_dict({k[len(prefix):]: v.float() for k, v in ckpt.tensors.items() if k.startswith(prefix)})
+    net.eval().to(device)
+    source, target = ("a", "b") if direction == "a2b" else ("b", "a")
+
+    def stats(key):
+        s = ckpt.extra["stats"][key]
+        return (torch.tensor(s["mean"], device=device).view(-1, 1), torch.tensor(s["std"], device=device).view(-1, 1))
+
+    return net, stats(source), stats(target), ckpt
+
+
+def _fade(n: int, device):
+    import torch
+
+    k = torch.arange(n, device=device, dtype=torch.float32)
+    return 0.5 - 0.5 * torch.cos(torch.pi * (k + 0.5) / n)  # raised cosine; fade_in + fade_out == 1
+
+
+def convert_chunked(net, features, chunk: int, overlap: int):
+    """(n_mels, frames) -> (n_mels, frames) through `net`, in overlapping chunks that are cross-faded.
+
+    Memory stays bounded on long inputs; cross-fading the overlaps avoids seams.
+    """
+    import torch
+
+    frames = features.shape[-1]
+    if frames <= chunk:
+        return net(features.unsqueeze(0))[0]
+    overlap = min(overlap, chunk // 2)
+    hop = chunk - overlap
+    starts = list(range(0, frames - chunk, hop)) + [frames - chunk]
+    out = torch.zeros_like(features)
+    weight = torch.zeros(frames, device=features.device)
+    fade_in = _fade(overlap, features.device) if overlap else None
+    for start in starts:
+        end = start + chunk
+        piece = net(features[:, start:end].unsqueeze(0))[0]
+        w = torch.ones(chunk, device=features.device)
+        if overlap and start > 0:
+            w[:overlap] = fade_in
+        if overlap and end < frames:
+            w[-overlap:] = fade_in.flip(0)
+        out[:, start:end] += piece * w
+        weight[start:end] += w
+    return out / weight
+
+
+class Convert(Stage):
+    """Convert a log-mel spectrogram from one speaker to the other with a MaskCycleGAN-VC model."""
+
+    name = "cyclegan_vc.convert"
+    consumes = Spectrogram
+    produces = Spectrogram
+    params = {
+        "model": Param(str, DEFAULT_MODEL, "a converter checkpoint, or a built-in model name (transmute models)"),
+        "direction": Param(str, "a2b", "a2b converts speaker A to B; b2a the other way", choices=("a2b", "b2a")),
+        "chunk_frames": Param(int, 256, "frames converted at once (memory stays bounded on long files)", min=16),
+        "overlap_frames": Param(int, 32, "frames shared by neighbouring chunks, cross-faded", min=0),
+    }
+
+    def model_spec(self) -> FeatureSpec:
+        from transmute.checkpoint import read_metadata, resolve_model
+
+        meta = read_metadata(resolve_model(self.model))
+        if (meta.get("plugin"), meta.get("model")) != (PLUGIN, MODEL):
+            raise TransmuteError(f"model '{self.model}' is a {meta.get('plugin')}/{meta.get('model')} checkpoint, "
+                                 f"not a {PLUGIN} converter")
+        return FeatureSpec.from_dict(meta["feature_spec"])
+
+    def check(self, incoming: FeatureSpec) -> FeatureSpec:
+        expected = self.model_spec()
+        for field, want, got in spec_differences(expected, incoming):
+            raise SpecMismatch(field, want, got, f"the model was trained on other features; set "
+                                                 f"spec_from = \"{self.model}\" on the audio.logmel stage")
+        return incoming
+
+    def setup(self, device) -> None:
+        super().setup(device)
+        self.net, (self.src_mean, self.src_std), (self.tgt_mean, self.tgt_std), _ = load_converter(
+            self.model, self.direction, device
+        )
+
+    def process(self, signal: Spectrogram) -> Spectrogram:
+        converted = []
+        # One utterance at a time: instance normalisation sees only that utterance,
+        # so a result never depends on what else was in the batch.
+        for item in signal.items():
+            x = (item.data[0].float() - self.src_mean) / self.src_std
+            y = convert_chunked(self.net, x, self.chunk_frames, self.overlap_frames)
+            converted.append(item.replace(data=(y * self.tgt_std + self.tgt_mean).unsqueeze(0)))
+        return Spectrogram.collate(converted)
+
+
+def builtin_model_path() -> Path:
+    return Path(__file__).with_name("models") / f"{DEFAULT_MODEL}.safetensors"
