@@ -79,7 +79,9 @@ class ResidualBlock1d(nn.Module):
 class Generator(nn.Module):
     """(batch, n_mels, frames) features and mask -> converted features of the same shape.
 
-    n_mels must be a multiple of 4; frames are padded to a multiple of 4 inside.
+    n_mels must be a multiple of 4; frames are padded inside to a multiple of 4,
+    and to at least 8 so the down-sampled features have more than one frame for
+    instance normalisation (a 1-sample file has one frame).
     """
 
     def __init__(self, n_mels=80, gen_channels=128, res_channels=256, res_blocks=6):
@@ -101,7 +103,7 @@ class Generator(nn.Module):
         frames = x.shape[-1]
         if mask is None:
             mask = torch.ones_like(x)
-        pad = (-frames) % 4
+        pad = max(8, frames + (-frames) % 4) - frames
         if pad:
             x = F.pad(x, (0, pad), mode="replicate")
             mask = F.pad(mask, (0, pad), value=1.0)

@@ -82,7 +82,9 @@ class CycleGANVCTask(Task):
         self.sample_sources = {k: v[0] for k, v in self.data.items()}
 
     def hparams(self) -> dict:
-        return {"preset": self.preset, **self.h, "n_mels": self.spec.n_mels, "labels": list(self.labels)}
+        """What a resumed run must share with the original (the length and cadence of a run may change)."""
+        settings = {k: v for k, v in self.h.items() if k not in ("steps", "checkpoint_every", "sample_every")}
+        return {"preset": self.preset, **settings, "n_mels": self.spec.n_mels, "labels": list(self.labels)}
 
     # ---------------------------------------------------------------- building
     def _generator(self):

@@ -1,0 +1,200 @@
+"""CycleGAN-VC: training on two synthetic speakers, conversion, chunking, bad input, evaluation."""
+
+import shutil
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from click.testing import CliRunner
+
+from transmute.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from transmute.cli import cli
+from transmute.errors import PipelineError, TransmuteError
+from transmute.pipeline import build_from_dict
+from transmute.plugins import get_manager
+
+SR = 22050
+
+
+def voice(f0, seconds, formants, seed):
+    """A vowel-like buzz: harmonics of f0 shaped by a few formant peaks, with slow pitch drift."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * SR)) / SR
+    pitch = f0 * (1 + 0.05 * np.sin(2 * np.pi * rng.uniform(0.5, 2) * t))
+    phase = 2 * np.pi * np.cumsum(pitch) / SR
+    y = np.zeros_like(t)
+    for k in range(1, int(5000 / f0)):
+        gain = sum(np.exp(-((k * f0 - f) / 150) ** 2) for f in formants) + 0.02
+        y += gain * np.sin(k * phase) / k
+    envelope = np.clip(np.sin(np.pi * t / seconds) * 3, 0, 1)
+    return (0.3 * y / np.abs(y).max() * envelope).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def speakers(tmp_path_factory):
+    root = tmp_path_factory.mktemp("speakers")
+    for name, f0, formants in (("low", 110, (700, 1200)), ("high", 230, (400, 2300))):
+        (root / name).mkdir()
+        for i in range(6):
+            sf.write(root / name / f"{name}-{i}.wav", voice(f0, 1.0 + 0.1 * i, formants, i), SR)
+    return root
+
+
+def invoke(*args):
+    result = CliRunner().invoke(cli, [str(a) for a in args])
+    assert "Traceback" not in result.output, result.output
+    return result
+
+
+def train_tiny(speakers, out, *extra):
+    return invoke("train", "cyclegan-vc", "--a", speakers / "low", "--b", speakers / "high", "--preset", "tiny",
+                  "--out", out, *extra)
+
+
+@pytest.fixture(scope="module")
+def model(speakers, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run") / "run"
+    result = train_tiny(speakers, out, "--steps", "12", "--checkpoint-every", "6", "--sample-every", "12")
+    assert result.exit_code == 0, result.output
+    return out / "model.safetensors"
+
+
+def test_training_writes_model_samples_and_log(model):
+    run = model.parent
+    ckpt = load_checkpoint(model, plugin="cyclegan_vc", model="converter", version="1.0")
+    assert {k.split("/")[0] for k in ckpt.tensors} == {"a2b", "b2a"}
+    assert ckpt.extra["speakers"] == {"a": "low", "b": "high"}
+    assert len(ckpt.extra["stats"]["a"]["mean"]) == 80 and ckpt.feature_spec["n_mels"] == 80
+    names = sorted(p.name for p in (run / "samples").iterdir())
+    assert names == ["step0000012-a2b.png", "step0000012-a2b.wav", "step0000012-b2a.png", "step0000012-b2a.wav"]
+    audio, sr = sf.read(run / "samples" / "step0000012-a2b.wav")
+    assert sr == SR and np.isfinite(audio).all() and len(audio) > SR // 2
+    assert len((run / "log.jsonl").read_text().splitlines()) == 2
+
+
+def test_resume_matches_an_uninterrupted_run(speakers, tmp_path):
+    assert train_tiny(speakers, tmp_path / "straight", "--steps", "8", "--checkpoint-every", "4").exit_code == 0
+    assert train_tiny(speakers, tmp_path / "split", "--steps", "4", "--checkpoint-every", "4").exit_code == 0
+    result = train_tiny(speakers, tmp_path / "split", "--steps", "8", "--checkpoint-every", "4", "--resume")
+    assert result.exit_code == 0, result.output
+    a = load_checkpoint(tmp_path / "straight" / "model.safetensors").tensors
+    b = load_checkpoint(tmp_path / "split" / "model.safetensors").tensors
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_convert_voice_both_directions_keeps_length(model, speakers, tmp_path):
+    for direction, folder in (("a2b", "low"), ("b2a", "high")):
+        out = tmp_path / direction
+        result = invoke("convert-voice", speakers / folder, "-o", out, "--model", model, "--direction", direction,
+                        "--griffinlim-iters", "4")
+        assert result.exit_code == 0, result.output
+        for src in (speakers / folder).iterdir():
+            y, sr = sf.read(out / src.name)
+            assert sr == SR and len(y) == sf.info(src).frames and np.isfinite(y).all()
+
+
+def test_other_rates_and_bad_audio_give_valid_output_or_one_line_errors(model, tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    sf.write(src / "silence.wav", np.zeros(16000), 16000)
+    sf.write(src / "noise.wav", np.random.default_rng(0).uniform(-1, 1, 22050), 22050)
+    sf.write(src / "one.wav", np.array([0.3]), 22050)
+    sf.write(src / "clipped.wav", np.clip(voice(120, 1.0, (600, 1500), 0) * 20, -1, 1), 44100)
+    (src / "broken.wav").write_text("not audio")
+    result = invoke("convert-voice", src, "-o", tmp_path / "out", "--model", model, "--griffinlim-iters", "4")
+    assert result.exit_code == 1
+    assert [l for l in result.output.splitlines() if l.startswith("FAILED")] == [
+        f"FAILED {src / 'broken.wav'}: not a readable audio file (Format not recognised.)"]
+    for name, frames in (("silence", 22050), ("noise", 22050), ("one", 1), ("clipped", 11025)):
+        y, _ = sf.read(tmp_path / "out" / f"{name}.wav")
+        assert abs(len(y) - frames) <= 1 and np.isfinite(y).all() and np.abs(y).max() <= 1, name
+
+
+def test_chunked_conversion_has_no_seams(model):
+    from transmute_cyclegan_vc.stages import convert_chunked, load_converter
+
+    def context_dependent(x):  # like instance norm: each chunk's output shifts with the chunk's own content
+        return x + 3 * x.mean(dim=-1, keepdim=True)
+
+    torch.manual_seed(0)
+    x = torch.cumsum(torch.randn(1, 80, 600) * 0.05, dim=-1)[0]  # smooth features: small frame-to-frame change
+
+    def jumps(y):
+        return (y[:, 1:] - y[:, :-1]).abs().mean(dim=0)
+
+    hard = jumps(convert_chunked(context_dependent, x, 64, 0))  # chunks without cross-fade: seams show
+    soft = jumps(convert_chunked(context_dependent, x, 64, 16))
+    inside = jumps(x).median()
+    assert hard.max() > 5 * inside, "the test must be able to see a seam"
+    assert soft.max() < 2 * hard.max() / 5 and soft.max() < 4 * inside
+    net, (mean, std), _, _ = load_converter(str(model), "a2b")
+    with torch.no_grad():
+        real = convert_chunked(net, (x - mean) / std, 64, 16)
+    assert real.shape == x.shape and torch.isfinite(real).all()
+
+
+def test_features_that_differ_from_the_models_are_refused(model):
+    registry = get_manager().registry
+    doc = {"stage": [{"use": "audio.load", "sample_rate": 22050}, {"use": "audio.logmel", "n_mels": 64, "name": "mel"},
+                     {"use": "cyclegan_vc.convert", "name": "convert", "model": str(model)},
+                     {"use": "audio.mel_to_linear"}, {"use": "audio.griffinlim"}, {"use": "audio.save"}]}
+    with pytest.raises(PipelineError, match=r"stage 'convert' \(cyclegan_vc.convert\): incoming Spectrogram from "
+                                            r"stage 'mel': field 'n_mels' expected 80, got 64; .*spec_from"):
+        build_from_dict(doc, registry, source="vc.toml")
+    doc["stage"][1] = {"use": "audio.logmel", "name": "mel", "spec_from": str(model)}
+    doc["stage"][0]["sample_rate"] = 16000
+    with pytest.raises(PipelineError, match=r"takes 22050 Hz features, but the incoming audio is 16000 Hz"):
+        build_from_dict(doc, registry, source="vc.toml")
+
+
+def test_a_checkpoint_of_another_kind_or_missing_is_refused(model, tmp_path, speakers):
+    other = tmp_path / "other.safetensors"
+    from transmute.signals import FeatureSpec
+
+    save_checkpoint(other, Checkpoint(tensors={"w": torch.ones(1)}, plugin="vocoder", model="hifigan",
+                                      version="1.0", feature_spec=FeatureSpec(fmax=8000).to_dict()))
+    for ref, message in ((other, "is a vocoder/hifigan checkpoint, not a cyclegan_vc converter"),
+                         (tmp_path / "nope.safetensors", "no such checkpoint file")):
+        result = invoke("convert-voice", speakers / "low", "-o", tmp_path / "out", "--model", ref)
+        assert result.exit_code == 1 and message in result.output and result.output.count("\n") == 1
+
+
+def test_eval_vc_reports_the_figures(model, speakers, tmp_path):
+    target = tmp_path / "target"
+    target.mkdir()
+    for src in (speakers / "low").iterdir():  # a 'parallel' set: same names
+        shutil.copy(speakers / "high" / src.name.replace("low", "high"), target / src.name)
+    report = tmp_path / "report.json"
+    result = invoke("eval", "vc", "--model", model, "--source", speakers / "low", "--target", target,
+                    "--json", report)
+    assert result.exit_code == 0, result.output
+    for text in ("6 parallel utterances", "MCD in dB: mel-cepstrum c1..c24 (c0 excluded), all-pass alpha 0.42, 5 ms",
+                 "MCD converted -> target:", "(source -> target:", "closer to the target than to the source",
+                 "mean cosine to target centroid", "log-F0: converted mean"):
+        assert text in result.output, text
+    import json
+
+    data = json.loads(report.read_text())
+    assert data["pairs"] == 6 and len(data["per_utterance"]) == 6
+    assert data["mcd_source"] > 0 and np.isfinite(data["mcd_converted"])
+
+
+@pytest.mark.skipif(shutil.which("festival") is None, reason="festival is not installed (apt-get install festival "
+                    "festvox-kallpc16k festvox-us-slt-hts); .ci/run installs it")
+def test_festival_corpus_is_non_parallel_for_training_and_parallel_for_evaluation(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).parents[1] / "scripts" / "festival_corpus.py"
+    subprocess.run([sys.executable, str(script), str(tmp_path / "c"), "--train", "3", "--eval", "2"], check=True,
+                   capture_output=True)
+    rows = dict(line.split("\t") for line in (tmp_path / "c" / "sentences.tsv").read_text().splitlines())
+    kal = {t for p, t in rows.items() if p.startswith("train/kal/")}
+    slt = {t for p, t in rows.items() if p.startswith("train/slt/")}
+    assert len(kal) == len(slt) == 3 and not kal & slt
+    assert [rows[f"eval/kal/eval-000{i}.wav"] for i in range(2)] == [rows[f"eval/slt/eval-000{i}.wav"] for i in range(2)]
+    assert not {rows["eval/kal/eval-0000.wav"]} & (kal | slt)
+    assert sf.info(tmp_path / "c" / "train" / "kal" / "kal-0000.wav").samplerate == 16000
+    assert sf.info(tmp_path / "c" / "train" / "slt" / "slt-0000.wav").samplerate == 32000
