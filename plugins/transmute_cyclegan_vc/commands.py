@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import click
@@ -36,12 +37,13 @@ def train_command(a_dir, b_dir, preset, name_a, name_b, hparams, **options):
     config = config_from_options(options, dict(PRESETS[preset], **overrides))
     overrides.update({k: getattr(config, k) for k in ("steps", "batch_size")})
     labels = (name_a or a_dir.name, name_b or b_dir.name)
-    click.echo(f"reading {a_dir} and {b_dir} ...", err=True)
-    task = CycleGANVCTask(a_dir, b_dir, preset, overrides, labels)
-    click.echo(f"speaker A '{labels[0]}': {len(task.data['a'])} utterances; speaker B '{labels[1]}': "
-               f"{len(task.data['b'])} utterances; preset {preset}, {config.steps} steps", err=True)
+    say = click.echo if os.environ.get("RANK", "0") == "0" else (lambda *a, **k: None)  # one voice under torchrun
+    say(f"reading {a_dir} and {b_dir} ...", err=True)
+    task = CycleGANVCTask.from_folders(a_dir, b_dir, preset, overrides, labels)
+    say(f"speaker A '{labels[0]}': {len(task.data['a'])} utterances; speaker B '{labels[1]}': "
+        f"{len(task.data['b'])} utterances; preset {preset}, {config.steps} steps", err=True)
     model = train(task, config)
-    click.echo(f"converter: {model} ({describe_size(task)})", err=True)
+    say(f"converter: {model} ({describe_size(task)})", err=True)
 
 
 def _parse_hparams(items, preset: dict) -> dict:

@@ -64,22 +64,30 @@ class CycleGANVCTask(Task):
     model = MODEL
     version = VERSION
 
-    def __init__(self, a_dir: Path, b_dir: Path, preset: str = "small", overrides: dict | None = None,
-                 labels: tuple[str, str] | None = None):
+    def __init__(self, features: dict[str, list[torch.Tensor]], norms: dict[str, Normalization],
+                 preset: str = "small", overrides: dict | None = None, labels: tuple[str, str] = ("a", "b")):
+        """features: {'a': [(n_mels, frames) log-mel, ...], 'b': [...]}, not yet normalised."""
         if preset not in PRESETS:
             raise TransmuteError(f"unknown preset '{preset}'; choose one of {', '.join(PRESETS)}")
         self.preset = preset
         self.h = dict(PRESETS[preset], **(overrides or {}))
         self.spec = FEATURES
-        self.labels = labels or (Path(a_dir).name, Path(b_dir).name)
+        self.labels = labels
+        self.norms = norms
         self.data = {}
-        self.norms = {}
-        for key, folder, label in (("a", a_dir, self.labels[0]), ("b", b_dir, self.labels[1])):
-            feats, norm, _ = speaker_features(Path(folder), self.spec, label)
-            mean, std = _norm_tensors(norm)
+        for key, feats in features.items():
+            mean, std = _norm_tensors(norms[key])
             self.data[key] = [(f - mean) / std for f in feats]
-            self.norms[key] = norm
         self.sample_sources = {k: v[0] for k, v in self.data.items()}
+
+    @classmethod
+    def from_folders(cls, a_dir: Path, b_dir: Path, preset: str = "small", overrides: dict | None = None,
+                     labels: tuple[str, str] | None = None) -> "CycleGANVCTask":
+        labels = labels or (Path(a_dir).name, Path(b_dir).name)
+        features, norms = {}, {}
+        for key, folder, label in (("a", a_dir, labels[0]), ("b", b_dir, labels[1])):
+            features[key], norms[key], _ = speaker_features(Path(folder), FEATURES, label)
+        return cls(features, norms, preset, overrides, labels)
 
     def hparams(self) -> dict:
         """What a resumed run must share with the original (the length and cadence of a run may change)."""
