@@ -12,7 +12,7 @@ STAMP := $(VENV)/.installed
 # Festival and two of its voices make the offline two-speaker corpus (kal, slt).
 SYSTEM_PACKAGES := festival festvox-kallpc16k festvox-us-slt-hts
 
-.PHONY: venv system-packages demo test bench corpus clean
+.PHONY: venv system-packages demo test bench corpus model clean
 
 venv: $(STAMP)
 
@@ -25,7 +25,10 @@ $(STAMP): pyproject.toml Makefile
 
 demo: $(STAMP)
 	$(BIN)/transmute run resynthesize examples/speech -o demo-out/resynthesize
-	@echo "Listen: demo-out/resynthesize/*.wav (originals in examples/speech/)"
+	$(BIN)/transmute convert-voice examples/speech/kal-*.wav -o demo-out/kal-to-slt
+	$(BIN)/transmute convert-voice --direction b2a examples/speech/slt-*.wav -o demo-out/slt-to-kal
+	@echo "Listen: demo-out/resynthesize/ (through log-mel and back), demo-out/kal-to-slt/ and"
+	@echo "demo-out/slt-to-kal/ (voice conversion with the built-in model); originals in examples/speech/"
 
 # Installs the festival voices with apt-get where it can (root or password-less
 # sudo); elsewhere the tests that need them are skipped, with the reason.
@@ -42,6 +45,12 @@ test: $(STAMP) system-packages
 # The two-speaker corpus the built-in converter is trained on (data/festival/).
 corpus: system-packages
 	$(PYTHON) scripts/festival_corpus.py data/festival
+
+# Reproduces the built-in kal -> slt converter (about an hour on 2 CPU cores).
+model: $(STAMP) corpus
+	$(BIN)/transmute train cyclegan-vc --a data/festival/train/kal --b data/festival/train/slt \
+	  --preset small --seed 0 --out runs/kal-slt
+	cp runs/kal-slt/model.safetensors plugins/transmute_cyclegan_vc/models/kal-slt.safetensors
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py

@@ -25,6 +25,9 @@ def atomic_path(path: Path) -> Iterator[Path]:
         yield tmp
         if not tmp.exists():
             raise TransmuteError(f"{path}: nothing was written")
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # as a plain open() would have made it, whatever the writer chose
         os.replace(tmp, path)
     finally:
         with contextlib.suppress(FileNotFoundError):
