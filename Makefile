@@ -49,7 +49,7 @@ corpus: system-packages
 # Reproduces the built-in kal -> slt converter (about an hour on 2 CPU cores).
 model: $(STAMP) corpus
 	$(BIN)/transmute train cyclegan-vc --a data/festival/train/kal --b data/festival/train/slt \
-	  --preset small --seed 0 --out runs/kal-slt
+	  --preset small --seed 0 --out runs/kal-slt $(if $(wildcard runs/kal-slt/checkpoints/last.safetensors),--resume)
 	cp runs/kal-slt/model.safetensors plugins/transmute_cyclegan_vc/models/kal-slt.safetensors
 
 bench: $(STAMP)

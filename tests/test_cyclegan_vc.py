@@ -198,3 +198,48 @@ def test_festival_corpus_is_non_parallel_for_training_and_parallel_for_evaluatio
     assert not {rows["eval/kal/eval-0000.wav"]} & (kal | slt)
     assert sf.info(tmp_path / "c" / "train" / "kal" / "kal-0000.wav").samplerate == 16000
     assert sf.info(tmp_path / "c" / "train" / "slt" / "slt-0000.wav").samplerate == 32000
+
+
+def test_silence_stays_silent_alone_and_inside_speech(model, tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    speech = voice(120, 1.0, (600, 1500), 3)
+    gap = np.zeros(3 * SR, dtype=np.float32)  # longer than a chunk (256 frames is 3 s)
+    sf.write(src / "gap.wav", np.concatenate([speech, gap, speech]), SR)
+    sf.write(src / "silence.wav", np.zeros(2 * SR), SR)
+    result = invoke("convert-voice", src, "-o", tmp_path / "out", "--model", model, "--griffinlim-iters", "4")
+    assert result.exit_code == 0, result.output
+    silence, _ = sf.read(tmp_path / "out" / "silence.wav")
+    assert np.sqrt(np.mean(silence**2)) < 1e-3
+    y, _ = sf.read(tmp_path / "out" / "gap.wav")
+    rms = lambda a: np.sqrt(np.mean(a**2))  # noqa: E731
+    inside = y[len(speech) + SR // 2 : len(speech) + len(gap) - SR // 2]
+    assert rms(inside) < 0.01 * rms(y[: len(speech)]), (rms(inside), rms(y[: len(speech)]))
+
+
+@pytest.mark.parametrize("hparam, message", [
+    ("max_mask_frames=100", "max_mask_frames must be at least 0 and below segment_frames (32), got 100"),
+    ("batch_size=0", "batch_size must be a whole number of at least 1, got 0"),
+    ("gen_channels=3", "gen_channels must be even"),
+    ("lr_g=nan", "lr_g must be a learning rate between 0 and 1, got nan"),
+])
+def test_bad_hparams_are_one_line_errors(speakers, tmp_path, hparam, message):
+    result = train_tiny(speakers, tmp_path / "run", "--hparam", hparam)
+    assert result.exit_code == 1 and message in result.output
+    assert result.output.strip().splitlines()[-1].startswith("Error: ")
+
+
+def test_too_little_audio_and_unreadable_training_files(speakers, tmp_path):
+    few = tmp_path / "few"
+    few.mkdir()
+    sf.write(few / "one.wav", np.array([0.2]), SR)
+    result = invoke("train", "cyclegan-vc", "--a", few, "--b", speakers / "high", "--preset", "tiny",
+                    "--out", tmp_path / "run")
+    assert result.exit_code == 1 and "too little audio to learn a voice from" in result.output
+    mixed = tmp_path / "mixed"
+    shutil.copytree(speakers / "low", mixed)
+    (mixed / "broken.wav").write_text("not audio")
+    result = invoke("train", "cyclegan-vc", "--a", mixed, "--b", speakers / "high", "--preset", "tiny",
+                    "--steps", "2", "--out", tmp_path / "run2")
+    assert result.exit_code == 0, result.output
+    assert f"skipped {mixed / 'broken.wav'}: not a readable audio file" in result.output

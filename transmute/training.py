@@ -156,9 +156,14 @@ def load_state(path: Path, task: Task, generator, device) -> int:
     import torch
 
     ckpt = load_checkpoint(path, plugin=task.plugin, model=STATE_MODEL, version=task.version)
-    if ckpt.hparams != json.loads(json.dumps(task.hparams())):
-        raise TransmuteError(f"{path}: this run was trained with other settings; resume with the same "
-                             "options, or start a new run folder")
+    now = json.loads(json.dumps(task.hparams()))
+    if ckpt.hparams != now:
+        changed = sorted(k for k in set(now) | set(ckpt.hparams) if now.get(k) != ckpt.hparams.get(k))
+        first = changed[0]
+        raise TransmuteError(f"{path}: this run was trained with other settings ({first}: "
+                             f"{ckpt.hparams.get(first)!r} then, {now.get(first)!r} now"
+                             f"{f', and {len(changed) - 1} more' if len(changed) > 1 else ''}); resume with the "
+                             "same options, or start a new run folder")
     for name, module in task.modules().items():
         prefix = f"model/{name}/"
         module.load_state_dict({k[len(prefix):]: v for k, v in ckpt.tensors.items() if k.startswith(prefix)})
@@ -248,6 +253,11 @@ def train(task: Task, config: TrainConfig) -> Path:
         start = load_state(state_path, task, generator, device)
         if rank:  # each rank continues its own data stream
             generator.manual_seed(config.seed * 1000 + rank + start)
+        if rank == 0:
+            _truncate_log(run_dir / "log.jsonl", start)
+            if start >= config.steps:
+                print(f"{run_dir}: already at step {start} of {config.steps}; nothing to do "
+                      "(raise --steps to train on)", file=sys.stderr)
 
     log = open(run_dir / "log.jsonl", "a", encoding="utf-8") if rank == 0 else None
     bar = None
@@ -257,7 +267,7 @@ def train(task: Task, config: TrainConfig) -> Path:
         bar = tqdm(total=config.steps, initial=start, unit="step", desc=f"train {task.plugin}",
                    file=sys.stderr, dynamic_ncols=True)
     smoother = _Smoother()
-    step = start
+    step = saved = start
     started = time.time()
     try:
         while step < config.steps:
@@ -282,14 +292,15 @@ def train(task: Task, config: TrainConfig) -> Path:
                 if rank == 0:
                     save_checkpoint(model_path, task.export())
                     save_state(state_path, task, step, generator, config)
+                saved = step
                 _barrier(world)
             if rank == 0 and config.sample_every and (step % config.sample_every == 0 or step == config.steps):
                 task.write_samples(step, run_dir / "samples")
     except KeyboardInterrupt:
         if bar is not None:
             bar.close()
-        raise TransmuteError(f"interrupted at step {step}; the last checkpoint is in {state_path} "
-                             "(add --resume to continue)") from None
+        where = f"the last checkpoint (step {saved}) is in {state_path}" if saved else "no checkpoint was written yet"
+        raise TransmuteError(f"interrupted at step {step}; {where} (add --resume to continue)") from None
     finally:
         if bar is not None:
             bar.close()
@@ -300,6 +311,15 @@ def train(task: Task, config: TrainConfig) -> Path:
 
         dist.destroy_process_group()
     return model_path
+
+
+def _truncate_log(path: Path, step: int) -> None:
+    """Drop log lines past the checkpoint a run resumes from: those steps are done again."""
+    if not path.exists():
+        return
+    kept = [line for line in path.read_text(encoding="utf-8").splitlines()
+            if line.strip() and json.loads(line).get("step", 0) <= step]
+    path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
 
 
 def _barrier(world: int) -> None:

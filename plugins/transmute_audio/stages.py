@@ -142,7 +142,10 @@ class LogMel(Stage):
         from transmute.checkpoint import read_metadata, resolve_model
 
         path = resolve_model(self.spec_from)
-        stored = read_metadata(path).get("feature_spec")
+        meta = read_metadata(path)
+        if meta.get("model") == "training-state":
+            raise PipelineError(f"spec_from: {path} is a training-state checkpoint; use the run's model.safetensors")
+        stored = meta.get("feature_spec")
         if not stored:
             raise PipelineError(f"spec_from: {path} stores no feature spec")
         return FeatureSpec.from_dict(stored).replace(normalization=None)

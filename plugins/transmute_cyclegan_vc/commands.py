@@ -40,6 +40,8 @@ def train_command(a_dir, b_dir, preset, name_a, name_b, hparams, **options):
     say = click.echo if os.environ.get("RANK", "0") == "0" else (lambda *a, **k: None)  # one voice under torchrun
     say(f"reading {a_dir} and {b_dir} ...", err=True)
     task = CycleGANVCTask.from_folders(a_dir, b_dir, preset, overrides, labels)
+    for reason in task.skipped:
+        say(f"skipped {reason}", err=True)
     say(f"speaker A '{labels[0]}': {len(task.data['a'])} utterances; speaker B '{labels[1]}': "
         f"{len(task.data['b'])} utterances; preset {preset}, {config.steps} steps", err=True)
     model = train(task, config)

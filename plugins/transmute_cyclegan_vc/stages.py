@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from transmute.errors import SpecMismatch, TransmuteError
@@ -40,6 +41,27 @@ def _fade(n: int, device):
 
     k = torch.arange(n, device=device, dtype=torch.float32)
     return 0.5 - 0.5 * torch.cos(torch.pi * (k + 0.5) / n)  # raised cosine; fade_in + fade_out == 1
+
+
+def silence_gate(log_mel, log_floor: float, below_peak_db: float = 50.0, width_db: float = 10.0):
+    """Per-frame weights in [0, 1]: 0 where the input is silent, 1 where it is sound.
+
+    A frame is silent when its loudest band is more than below_peak_db under the
+    utterance's loudest frame, or at the log floor (digital silence). The
+    converter was trained on speech; a chunk of pure silence would otherwise be
+    normalised up into a hum.
+    """
+    import math
+
+    import torch
+
+    nats = lambda db: db / 20 * math.log(10)  # noqa: E731 - dB of magnitude -> natural-log units
+    loudness = log_mel.max(dim=0).values
+    peak = loudness.max()
+    gate = torch.clamp((loudness - (peak - nats(below_peak_db))) / nats(width_db), 0, 1)
+    gate = gate * torch.clamp((loudness - log_floor) / nats(width_db), 0, 1)
+    kernel = torch.ones(1, 1, 5, device=log_mel.device) / 5  # a few frames of smoothing: no chattering
+    return torch.nn.functional.conv1d(gate.view(1, 1, -1), kernel, padding=2).view(-1)
 
 
 def convert_chunked(net, features, chunk: int, overlap: int):
@@ -110,10 +132,14 @@ class Convert(Stage):
         converted = []
         # One utterance at a time: instance normalisation sees only that utterance,
         # so a result never depends on what else was in the batch.
+        floor = math.log(signal.spec.log_floor)
         for item in signal.items():
-            x = (item.data[0].float() - self.src_mean) / self.src_std
-            y = convert_chunked(self.net, x, self.chunk_frames, self.overlap_frames)
-            converted.append(item.replace(data=(y * self.tgt_std + self.tgt_mean).unsqueeze(0)))
+            source = item.data[0].float()
+            y = convert_chunked(self.net, (source - self.src_mean) / self.src_std, self.chunk_frames,
+                                self.overlap_frames)
+            gate = silence_gate(source, floor)
+            y = (y * self.tgt_std + self.tgt_mean) * gate + floor * (1 - gate)
+            converted.append(item.replace(data=y.unsqueeze(0)))
         return Spectrogram.collate(converted)
 
 

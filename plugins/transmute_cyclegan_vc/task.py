@@ -23,6 +23,26 @@ FEATURES = FeatureSpec(sample_rate=22050, n_fft=1024, hop_length=256, n_mels=80,
 LAMBDA_CYCLE = 10.0
 LAMBDA_IDENTITY = 5.0
 TRIM_TOP_DB = 40.0
+MIN_FRAMES = 256  # a speaker needs a few seconds of speech for its statistics to mean anything
+
+
+def validate_hparams(h: dict) -> None:
+    """One-line errors for settings the networks or the sampler cannot work with."""
+    def need(ok: bool, message: str) -> None:
+        if not ok:
+            raise TransmuteError(f"--hparam {message}")
+
+    for key in ("gen_channels", "res_channels", "res_blocks", "disc_channels", "steps", "batch_size"):
+        need(isinstance(h[key], int) and h[key] >= 1, f"{key} must be a whole number of at least 1, got {h[key]!r}")
+    need(h["gen_channels"] % 2 == 0, f"gen_channels must be even (the last block halves it), got {h['gen_channels']}")
+    need(h["segment_frames"] >= 8 and h["segment_frames"] % 4 == 0,
+         f"segment_frames must be a multiple of 4, at least 8, got {h['segment_frames']}")
+    need(0 <= h["max_mask_frames"] < h["segment_frames"],
+         f"max_mask_frames must be at least 0 and below segment_frames ({h['segment_frames']}), "
+         f"got {h['max_mask_frames']}")
+    for key in ("lr_g", "lr_d"):
+        need(0 < h[key] < 1, f"{key} must be a learning rate between 0 and 1, got {h[key]!r}")
+    need(h["decay_from"] >= 0 and h["identity_until"] >= 0, "decay_from and identity_until must be at least 0")
 
 
 def speaker_features(folder: Path, spec: FeatureSpec, label: str) -> tuple[list[torch.Tensor], Normalization, list[str]]:
@@ -47,6 +67,9 @@ def speaker_features(folder: Path, spec: FeatureSpec, label: str) -> tuple[list[
     if not feats:
         raise TransmuteError(f"{folder}: none of {len(files)} files could be read ({skipped[0]})")
     frames = torch.cat(feats, dim=1)
+    if frames.shape[1] < MIN_FRAMES:
+        raise TransmuteError(f"{folder}: too little audio to learn a voice from ({frames.shape[1]} frames after "
+                             f"trimming silence; at least {MIN_FRAMES}, about {MIN_FRAMES * 256 / 22050:.0f} s)")
     norm = Normalization(mean=frames.mean(dim=1).tolist(), std=frames.std(dim=1).clamp_min(1e-3).tolist(), label=label)
     return feats, norm, skipped
 
@@ -71,6 +94,7 @@ class CycleGANVCTask(Task):
             raise TransmuteError(f"unknown preset '{preset}'; choose one of {', '.join(PRESETS)}")
         self.preset = preset
         self.h = dict(PRESETS[preset], **(overrides or {}))
+        validate_hparams(self.h)
         self.spec = FEATURES
         self.labels = labels
         self.norms = norms
@@ -78,16 +102,21 @@ class CycleGANVCTask(Task):
         for key, feats in features.items():
             mean, std = _norm_tensors(norms[key])
             self.data[key] = [(f - mean) / std for f in feats]
-        self.sample_sources = {k: v[0] for k, v in self.data.items()}
+        # Samples show the longest utterance of each speaker (a one-frame file shows nothing).
+        self.sample_sources = {k: max(v, key=lambda f: f.shape[1]) for k, v in self.data.items()}
+        self.skipped: list[str] = []
 
     @classmethod
     def from_folders(cls, a_dir: Path, b_dir: Path, preset: str = "small", overrides: dict | None = None,
                      labels: tuple[str, str] | None = None) -> "CycleGANVCTask":
         labels = labels or (Path(a_dir).name, Path(b_dir).name)
-        features, norms = {}, {}
+        features, norms, skipped = {}, {}, []
         for key, folder, label in (("a", a_dir, labels[0]), ("b", b_dir, labels[1])):
-            features[key], norms[key], _ = speaker_features(Path(folder), FEATURES, label)
-        return cls(features, norms, preset, overrides, labels)
+            features[key], norms[key], unread = speaker_features(Path(folder), FEATURES, label)
+            skipped += unread
+        task = cls(features, norms, preset, overrides, labels)
+        task.skipped = skipped
+        return task
 
     def hparams(self) -> dict:
         """What a resumed run must share with the original (the length and cadence of a run may change)."""
