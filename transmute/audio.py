@@ -6,11 +6,29 @@ from the same file.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 from transmute.errors import InputError
 
 RESAMPLERS = ("soxr_vhq", "soxr_hq", "soxr_mq", "soxr_lq")
+_EXTRA_EXTENSIONS = {"aif", "aiff", "aifc", "oga", "opus", "mp3", "wave", "htk", "sd2", "w64", "rf64", "caf"}
+
+
+@functools.lru_cache(maxsize=1)
+def audio_extensions() -> frozenset[str]:
+    """File suffixes (no dot) that read_audio can read: soundfile's formats, asked on first use."""
+    try:
+        import soundfile
+
+        found = {name.lower() for name in soundfile.available_formats()}
+    except Exception:  # soundfile missing its library: reading will say so per file
+        found = {"wav", "flac", "ogg"}
+    return frozenset(found | _EXTRA_EXTENSIONS)
+
+
+def is_audio_file(path: Path) -> bool:
+    return Path(path).suffix.lower().lstrip(".") in audio_extensions()
 
 
 def resample(audio, orig_sr: int, target_sr: int, quality: str = "soxr_hq"):

@@ -6,27 +6,12 @@ All signal processing calls transmute.dsp, the project's one STFT.
 from __future__ import annotations
 
 import dataclasses
-import functools
 from pathlib import Path
 
-from transmute.audio import RESAMPLERS, read_audio, resample
+from transmute.audio import RESAMPLERS, is_audio_file, read_audio, resample
 from transmute.errors import PipelineError
 from transmute.signals import FeatureSpec, File, Spectrogram, Waveform, WaveformSpec
 from transmute.stages import Param, Stage
-
-_EXTRA_EXTENSIONS = {"aif", "aiff", "aifc", "oga", "opus", "mp3", "wave", "htk", "sd2", "w64", "rf64", "caf"}
-
-
-@functools.lru_cache(maxsize=1)
-def _extensions() -> frozenset[str]:
-    try:
-        import soundfile
-
-        found = {name.lower() for name in soundfile.available_formats()}
-    except Exception:  # soundfile missing its library: loading will say so per file
-        found = {"wav", "flac", "ogg"}
-    return frozenset(found | _EXTRA_EXTENSIONS)
-
 
 class LoadAudio(Stage):
     """Load an audio file soundfile can read; mix down or pick a channel; resample."""
@@ -40,8 +25,7 @@ class LoadAudio(Stage):
         "resampler": Param(str, "soxr_hq", "soxr quality preset", choices=RESAMPLERS),
     }
     def accepts(self, path: Path) -> bool:
-        # Asked of soundfile on first use, so listing stages never loads it.
-        return path.suffix.lower().lstrip(".") in _extensions()
+        return is_audio_file(path)  # asks soundfile on first use, so listing stages never loads it
 
     def __init__(self, label=None, **values):
         if isinstance(values.get("channel"), int) and not isinstance(values.get("channel"), bool):

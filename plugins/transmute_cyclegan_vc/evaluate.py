@@ -142,10 +142,15 @@ def _read(path: Path):
     return audio[:, 0]
 
 
+def _audio_by_name(folder: Path) -> dict[str, Path]:
+    from transmute.audio import is_audio_file
+
+    return {p.stem: p for p in sorted(folder.rglob("*")) if p.is_file() and is_audio_file(p)}
+
+
 def _pairs(converted: Path, target: Path) -> list[tuple[Path, Path]]:
-    found = {p.stem: p for p in sorted(target.rglob("*")) if p.suffix.lower() in (".wav", ".flac")}
-    pairs = [(p, found[p.stem]) for p in sorted(converted.rglob("*")) if p.suffix.lower() in (".wav", ".flac")
-             and p.stem in found]
+    found = _audio_by_name(target)
+    pairs = [(p, found[name]) for name, p in _audio_by_name(converted).items() if name in found]
     if not pairs:
         raise click.ClickException(f"no file in {converted} has a same-named file in {target}")
     return pairs
@@ -156,7 +161,7 @@ def evaluate(converted: Path, source: Path, target: Path, direction: str, encode
 
     variant = MCDVariant()
     pairs = _pairs(converted, target)
-    sources = {p.stem: p for p in sorted(source.rglob("*")) if p.suffix.lower() in (".wav", ".flac")}
+    sources = _audio_by_name(source)
     if encoder is None:
         encoder = speaker_encoder()
     rows, emb = [], {"converted": [], "target": [], "source": []}

@@ -51,8 +51,6 @@ def silence_gate(log_mel, log_floor: float, below_peak_db: float = 50.0, width_d
     converter was trained on speech; a chunk of pure silence would otherwise be
     normalised up into a hum.
     """
-    import math
-
     import torch
 
     nats = lambda db: db / 20 * math.log(10)  # noqa: E731 - dB of magnitude -> natural-log units

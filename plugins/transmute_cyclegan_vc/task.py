@@ -48,10 +48,10 @@ def validate_hparams(h: dict) -> None:
 def speaker_features(folder: Path, spec: FeatureSpec, label: str) -> tuple[list[torch.Tensor], Normalization, list[str]]:
     """Log-mels of every readable file in a folder (silence trimmed) and their per-bin mean/std."""
     from transmute import dsp
-    from transmute.audio import read_audio, trim_silence
+    from transmute.audio import is_audio_file, read_audio, trim_silence
     from transmute.files import discover
 
-    files, _, missing = discover([str(folder)], _is_audio)
+    files, _, missing = discover([str(folder)], is_audio_file)
     if missing or not files:
         raise TransmuteError(f"{folder}: no audio files found")
     feats, skipped = [], []
@@ -72,10 +72,6 @@ def speaker_features(folder: Path, spec: FeatureSpec, label: str) -> tuple[list[
                              f"trimming silence; at least {MIN_FRAMES}, about {MIN_FRAMES * 256 / 22050:.0f} s)")
     norm = Normalization(mean=frames.mean(dim=1).tolist(), std=frames.std(dim=1).clamp_min(1e-3).tolist(), label=label)
     return feats, norm, skipped
-
-
-def _is_audio(path: Path) -> bool:
-    return path.suffix.lower() in {".wav", ".flac", ".ogg", ".mp3", ".aif", ".aiff", ".au", ".w64"}
 
 
 def _norm_tensors(norm: Normalization) -> tuple[torch.Tensor, torch.Tensor]:
