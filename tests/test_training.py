@@ -116,9 +116,12 @@ def test_two_processes_with_torchrun_and_gloo(tmp_path):
         from test_training import Regression, config
         from transmute.training import train
 
+        import os
         task = Regression()
         train(task, config(Path({str(tmp_path / "run")!r}), 20))
-        print("rank-done", task.wrapped.__class__.__name__, float(task.net.weight), flush=True)
+        # One file per rank: two ranks printing to one stdout interleave their lines.
+        Path({str(tmp_path)!r}, "rank-" + os.environ["RANK"]).write_text(
+            f"{{task.wrapped.__class__.__name__}} {{float(task.net.weight.detach())}}")
     """))
     env = {k: v for k, v in os.environ.items() if not k.startswith("TRANSMUTE_")}
     env["OMP_NUM_THREADS"] = "1"
@@ -127,7 +130,7 @@ def test_two_processes_with_torchrun_and_gloo(tmp_path):
          str(script)], capture_output=True, text=True, timeout=300, env=env,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    done = [line.split() for line in result.stdout.splitlines() if line.startswith("rank-done")]
-    assert len(done) == 2 and all(d[1] == "DistributedDataParallel" for d in done)
-    assert done[0][2] == done[1][2], "gradients are averaged, so both ranks hold the same weights"
+    done = [(tmp_path / f"rank-{rank}").read_text().split() for rank in (0, 1)]
+    assert all(d[0] == "DistributedDataParallel" for d in done)
+    assert done[0][1] == done[1][1], "gradients are averaged, so both ranks hold the same weights"
     assert (tmp_path / "run" / "model.safetensors").is_file()

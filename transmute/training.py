@@ -307,9 +307,10 @@ def train(task: Task, config: TrainConfig) -> Path:
         if log is not None:
             log.close()
     if world > 1:
-        import torch.distributed as dist
-
-        dist.destroy_process_group()
+        # Every rank leaves together. The group is not destroyed here: the task's
+        # DDP wrappers still hold it, and destroying it under them makes a rank
+        # abort at exit ('terminate called without an active exception').
+        _barrier(world)
     return model_path
 
 
