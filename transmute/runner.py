@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from transmute.devices import resolve_device
 from transmute.errors import InputError, TransmuteError, one_line
 from transmute.files import atomic_path, discover
 from transmute.pipeline import Pipeline
@@ -70,18 +71,6 @@ class Report:
         return ", ".join(parts)
 
 
-def resolve_device(requested: str) -> str:
-    import torch
-
-    if requested == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if requested.startswith("cuda") and not torch.cuda.is_available():
-        raise TransmuteError(f"--device {requested}: no CUDA device is available to torch here; use --device cpu")
-    if requested != "cpu" and not requested.startswith("cuda"):
-        raise TransmuteError(f"--device {requested}: expected auto, cpu or cuda")
-    return requested
-
-
 class Runner:
     def __init__(
         self,
@@ -96,7 +85,7 @@ class Runner:
         self.pipeline = pipeline
         self.outdir = Path(outdir)
         self.overwrite = overwrite
-        self.device = resolve_device(device or pipeline.device)
+        self.device = str(resolve_device(device or pipeline.device))
         self.batch_size = batch_size or pipeline.batch_size
         self.on_outcome = on_outcome or (lambda outcome: None)
         self.report = Report()

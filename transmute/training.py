@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from transmute.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from transmute.devices import resolve_device
 from transmute.errors import TransmuteError
 
 STATE_MODEL = "training-state"
@@ -182,18 +183,6 @@ def _distributed():
     return world, int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
 
 
-def _resolve_device(requested: str, local_rank: int):
-    import torch
-
-    if requested == "auto":
-        requested = "cuda" if torch.cuda.is_available() else "cpu"
-    if requested.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise TransmuteError(f"--device {requested}: no CUDA device is available to torch here; use --device cpu")
-        return torch.device("cuda", local_rank if requested == "cuda" else int(requested.split(":")[1]))
-    return torch.device("cpu")
-
-
 class _Smoother:
     def __init__(self, decay: float = 0.9):
         self.decay, self.values = decay, {}
@@ -210,7 +199,7 @@ def train(task: Task, config: TrainConfig) -> Path:
     import torch
 
     world, rank, local_rank = _distributed()
-    device = _resolve_device(config.device, local_rank)
+    device = resolve_device(config.device, local_rank)
     if world > 1:
         import torch.distributed as dist
 
