@@ -15,6 +15,14 @@ class InputError(TransmuteError):
     """One input file that cannot be processed; the rest of a batch goes on."""
 
 
+class InputWarning(UserWarning):
+    """Something about one input that the user should know, though it was processed.
+
+    Stages raise it with warnings.warn(message, InputWarning); the runner records
+    it against the file being processed and the CLI prints it as one line.
+    """
+
+
 class CheckpointError(TransmuteError):
     """A checkpoint that is missing, unreadable or for another model."""
 
