@@ -10,6 +10,7 @@ import functools
 from pathlib import Path
 
 from transmute.errors import InputError
+from transmute.files import check_readable
 
 RESAMPLERS = ("soxr_vhq", "soxr_hq", "soxr_mq", "soxr_lq")
 _EXTRA_EXTENSIONS = {"aif", "aiff", "aifc", "oga", "opus", "mp3", "wave", "htk", "sd2", "w64", "rf64", "caf"}
@@ -54,6 +55,7 @@ def read_audio(path: Path, sample_rate: int = 0, channel: str = "mono", resample
     import numpy as np
     import soundfile
 
+    check_readable(path)
     if Path(path).stat().st_size == 0:
         raise InputError("the file is empty")
     try:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from transmute.errors import InputError, PipelineError, TransmuteError
+from transmute.files import check_readable
 from transmute.signals import File, Images, ImageSpec
 from transmute.stages import Param, ParamError, Stage
 
@@ -107,6 +108,7 @@ class LoadImages(Stage):
         import torch
         from PIL import Image, ImageOps
 
+        check_readable(path)
         try:
             with Image.open(path) as img:
                 img.load()  # decode now: a truncated file fails here, not halfway through a batch

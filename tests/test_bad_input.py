@@ -1,0 +1,213 @@
+"""Bad input and faults: each is one line naming the file and the problem, and the rest of a batch goes on.
+
+Permission problems are real ones: as root (where chmod stops nothing) the
+test drops its effective user id to nobody for the duration of the run.
+"""
+
+import contextlib
+import errno
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+from click.testing import CliRunner
+
+from transmute.audio import is_audio_file
+from transmute.cli import cli
+from transmute.errors import TransmuteError, one_line
+from transmute.files import atomic_path, discover
+
+FAST = ["--set", "griffinlim.n_iter=2"]
+NOBODY = 65534
+
+
+def tone(seconds=0.2, sr=16000, freq=440.0, offset=0.0):
+    t = np.arange(int(seconds * sr)) / sr
+    return 0.4 * np.sin(2 * np.pi * freq * t) + offset
+
+
+def run(*args):
+    result = CliRunner().invoke(cli, [str(a) for a in args])
+    assert "Traceback" not in result.output, result.output
+    return result
+
+
+def failed(result) -> dict[str, str]:
+    """{path: reason} of the FAILED lines."""
+    lines = [line.removeprefix("FAILED ") for line in result.output.splitlines() if line.startswith("FAILED ")]
+    return dict(line.split(": ", 1) for line in lines)
+
+
+@contextlib.contextmanager
+def as_nobody():
+    """Run the block without root's power to ignore permissions (a no-op for a normal user)."""
+    if os.geteuid() != 0:
+        yield
+        return
+    os.setegid(NOBODY)
+    os.seteuid(NOBODY)
+    try:
+        yield
+    finally:
+        os.seteuid(0)
+        os.setegid(0)
+
+
+@pytest.fixture
+def world_dir():
+    """A folder that the unprivileged user can reach (pytest's tmp_path is private to root)."""
+    path = Path(tempfile.mkdtemp(prefix="transmute-test-"))
+    path.chmod(0o755)
+    yield path
+    for sub in path.rglob("*"):
+        if sub.is_dir() and not sub.is_symlink():
+            sub.chmod(0o755)
+    shutil.rmtree(path)
+
+
+def write_tree(root: Path, names) -> None:
+    for name in names:
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        sf.write(root / name, tone(), 16000)
+
+
+# --------------------------------------------------------------------------- folders and links
+
+
+def test_unreadable_and_unenterable_folders_are_reported_and_the_rest_is_found(world_dir):
+    write_tree(world_dir, ["a.wav", "locked/b.wav", "closed/c.wav", "open/d.wav"])
+    (world_dir / "locked").chmod(0o000)  # cannot be listed
+    (world_dir / "closed").chmod(0o644)  # can be listed, cannot be entered
+    with as_nobody():
+        files, _, problems = discover([str(world_dir)], is_audio_file)
+    assert [f.relative.as_posix() for f in files] == ["a.wav", "open/d.wav"]
+    assert problems == [
+        (str(world_dir / "closed"), "cannot enter folder: permission denied"),
+        (str(world_dir / "locked"), "cannot read folder: permission denied"),
+    ]
+
+
+def test_a_folder_that_fails_is_reported_by_run_and_the_rest_is_written(tmp_path, monkeypatch):
+    src = tmp_path / "in"
+    write_tree(src, ["a.wav", "bad/b.wav", "good/c.wav"])
+    real_scandir = os.scandir
+
+    def scandir(path):
+        if Path(path).name == "bad":
+            raise OSError(errno.EIO, "Input/output error", str(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    out = tmp_path / "out"
+    result = run("run", "resynthesize", src, "-o", out, *FAST)
+    assert result.exit_code == 1
+    assert failed(result) == {str(src / "bad"): "cannot read folder: input/output error"}
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.wav")) == ["a.wav", "good/c.wav"]
+
+
+def test_links_to_folders_are_followed_and_loops_and_broken_links_reported(tmp_path):
+    src, elsewhere = tmp_path / "in", tmp_path / "elsewhere"
+    write_tree(src, ["a.wav", "sub/b.wav"])
+    write_tree(elsewhere, ["c.wav"])
+    (src / "linked").symlink_to(elsewhere)
+    (src / "sub" / "up").symlink_to(src)  # back to an ancestor: would never end
+    (src / "gone.wav").symlink_to(tmp_path / "nothing.wav")
+    (src / "file-link.wav").symlink_to(elsewhere / "c.wav")
+    files, _, problems = discover([str(src)], is_audio_file)
+    assert [f.relative.as_posix() for f in files] == ["a.wav", "file-link.wav", "linked/c.wav", "sub/b.wav"]
+    assert problems == [
+        (str(src / "gone.wav"), f"broken symbolic link (to {tmp_path / 'nothing.wav'})"),
+        (str(src / "sub" / "up"), "symbolic link loop, skipped"),
+    ]
+    (tmp_path / "top.wav").symlink_to(tmp_path / "nothing.wav")
+    assert discover([str(tmp_path / "top.wav")], is_audio_file)[2] == [
+        (str(tmp_path / "top.wav"), f"broken symbolic link (to {tmp_path / 'nothing.wav'})")]
+
+
+def test_output_folder_inside_the_input_is_not_walked(tmp_path):
+    write_tree(tmp_path, ["a.wav", "out/old.wav"])
+    files, _, _ = discover([str(tmp_path)], is_audio_file, exclude=tmp_path / "out")
+    assert [f.relative.as_posix() for f in files] == ["a.wav"]
+
+
+# --------------------------------------------------------------------------- write failures
+
+
+@pytest.fixture
+def tiny_disk(tmp_path):
+    """A 64 KiB tmpfs, where that can be mounted (root, and a kernel that allows it)."""
+    mount = tmp_path / "tiny"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+    yield mount
+    subprocess.run(["umount", str(mount)], check=True)
+
+
+def test_full_disk_is_named_and_no_temporary_is_left(tmp_path, tiny_disk):
+    src = tmp_path / "in"
+    src.mkdir()
+    sf.write(src / "long.wav", tone(3.0), 16000)  # about 130 KB at 22.05 kHz: twice the disk
+    sf.write(src / "short.wav", tone(0.05), 16000)
+    result = run("run", "resynthesize", src, "-o", tiny_disk / "out", *FAST)
+    assert result.exit_code == 1
+    assert failed(result) == {str(src / "long.wav"): f"cannot write {tiny_disk / 'out' / 'long.wav'}: "
+                                                     "no space left on device"}
+    assert [p.name for p in (tiny_disk / "out").iterdir()] == ["short.wav"]
+
+
+def test_write_permission_is_named_with_the_users_file_name(world_dir):
+    from PIL import Image
+
+    image = Image.new("RGB", (8, 8))
+    image.save(world_dir / "warm-up.png")  # Pillow imports its PNG writer on first use
+    writers = {"x.wav": lambda tmp: sf.write(tmp, tone(0.01), 16000, format="WAV"),  # libsndfile: "System error."
+               "x.png": lambda tmp: image.save(tmp, format="PNG")}  # Pillow: PermissionError on the temporary
+    out = world_dir / "out"
+    out.mkdir(mode=0o755)
+    for name, write in writers.items():
+        with as_nobody(), pytest.raises(TransmuteError) as caught:
+            with atomic_path(out / name) as tmp:
+                write(tmp)
+        assert str(caught.value) == f"cannot write {out / name}: permission denied"
+        assert one_line(caught.value) == str(caught.value)  # what the runner prints: no ".part" name
+    assert list(out.iterdir()) == []
+
+
+def test_opaque_writer_errors_are_explained_by_the_folder(tmp_path, monkeypatch):
+    """libsndfile says only "System error."; the folder says why."""
+    target = tmp_path / "x.wav"
+
+    def fails(tmp):
+        sf.write(tmp, tone(0.01), 16000, format="WAV")  # a real partial file, then libsndfile's own error
+        raise sf.LibsndfileError(2)
+
+    statvfs = os.statvfs(tmp_path)
+    full = os.statvfs_result((statvfs.f_bsize, statvfs.f_frsize, statvfs.f_blocks, 0, 0, *statvfs[5:]))
+    monkeypatch.setattr(os, "statvfs", lambda path: full)
+    with pytest.raises(TransmuteError, match=f"^cannot write {target}: no space left on device$"):
+        with atomic_path(target) as tmp:
+            fails(tmp)
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.undo()
+    with pytest.raises(sf.LibsndfileError):  # nothing wrong with the folder: the writer's error stands
+        with atomic_path(target) as tmp:
+            fails(tmp)
+
+
+def test_errors_about_the_data_pass_through(tmp_path):
+    with pytest.raises(ValueError, match="bad data"):
+        with atomic_path(tmp_path / "x.wav"):
+            raise ValueError("bad data")
+
+
+def test_one_line_os_errors_are_words_and_the_path():
+    assert one_line(PermissionError(errno.EACCES, "Permission denied", "/o/a.wav")) == "permission denied: /o/a.wav"
+    assert one_line(OSError(errno.ENOSPC, "No space left on device")) == "no space left on device"
+    assert one_line(OSError("image file is truncated")) == "OSError: image file is truncated"
