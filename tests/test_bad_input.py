@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -211,3 +212,59 @@ def test_one_line_os_errors_are_words_and_the_path():
     assert one_line(PermissionError(errno.EACCES, "Permission denied", "/o/a.wav")) == "permission denied: /o/a.wav"
     assert one_line(OSError(errno.ENOSPC, "No space left on device")) == "no space left on device"
     assert one_line(OSError("image file is truncated")) == "OSError: image file is truncated"
+
+
+# --------------------------------------------------------------------------- audio content
+
+
+def test_wav_cut_short_warns_with_frames_and_seconds(tmp_path):
+    from transmute.audio import read_audio
+    from transmute.errors import InputWarning
+
+    sf.write(tmp_path / "full.wav", tone(1.0, 8000), 8000, subtype="PCM_24")  # 8000 frames of 3 bytes
+    whole = (tmp_path / "full.wav").read_bytes()
+    (tmp_path / "cut.wav").write_bytes(whole[: len(whole) - 3 * 2000])
+    with pytest.warns(InputWarning, match=r"^the file is cut short: its header promises 8000 frames \(1\.00 s\), "
+                                          r"it holds 6000; 2000 frames \(0\.25 s\) are missing, what is there was used$"):
+        audio, _ = read_audio(tmp_path / "cut.wav")
+    assert audio.shape == (6000, 1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a complete file, and a stream-written one of unknown length, are quiet
+        read_audio(tmp_path / "full.wav")
+        unknown = bytearray(whole)
+        data_size_at = whole.index(b"data") + 4
+        unknown[data_size_at : data_size_at + 4] = b"\xff\xff\xff\xff"
+        (tmp_path / "stream.wav").write_bytes(bytes(unknown))
+        read_audio(tmp_path / "stream.wav")
+
+
+def test_dc_offset_is_removed_and_the_tone_is_unchanged(tmp_path):
+    sr = 22050
+    for folder, offset in (("clean", 0.0), ("offset", 0.3)):
+        (tmp_path / folder).mkdir()
+        sf.write(tmp_path / folder / "a.wav", tone(1.0, sr, 441.0, offset), sr, subtype="FLOAT")
+    for folder, remove in (("clean", "true"), ("offset", "true"), ("offset", "false")):
+        result = run("run", "resynthesize", tmp_path / folder, "-o", tmp_path / f"out-{folder}-{remove}",
+                     "--set", "griffinlim.n_iter=8", "--set", f"load.remove_dc={remove}")
+        assert result.exit_code == 0, result.output
+
+    def low_share(path):  # the share of the output's energy below 60 Hz: rumble
+        y, rate = sf.read(path)
+        spectrum = np.abs(np.fft.rfft(y)) ** 2
+        return spectrum[np.fft.rfftfreq(len(y), 1 / rate) < 60].sum() / spectrum.sum()
+
+    clean, removed = sf.read(tmp_path / "out-clean-true" / "a.wav")[0], sf.read(tmp_path / "out-offset-true" / "a.wav")[0]
+    assert np.abs(clean - removed).max() <= 2 / 32768  # the same output as without the offset
+    assert low_share(tmp_path / "out-offset-true" / "a.wav") < 0.02
+    assert low_share(tmp_path / "out-offset-false" / "a.wav") > 0.05 # what the offset did when it was kept
+
+
+def test_readers_share_the_dc_removal():
+    """Trainers read through read_audio: its default is the stage's, so both see the same samples."""
+    import inspect
+
+    from transmute.audio import read_audio
+    from transmute_audio.stages import LoadAudio
+
+    assert inspect.signature(read_audio).parameters["remove_dc"].default is True
+    assert LoadAudio.params["remove_dc"].default is True

@@ -23,7 +23,9 @@ class LoadAudio(Stage):
         "sample_rate": Param(int, 0, "resample to this rate; 0 keeps each file's own rate", min=0),
         "channel": Param(str, "mono", "'mono' mixes channels down, 'all' keeps them, or a channel index (0, 1, ...)"),
         "resampler": Param(str, "soxr_hq", "soxr quality preset", choices=RESAMPLERS),
+        "remove_dc": Param(bool, True, "subtract each channel's mean (a DC offset becomes rumble after resynthesis)"),
     }
+
     def accepts(self, path: Path) -> bool:
         return is_audio_file(path)  # asks soundfile on first use, so listing stages never loads it
 
@@ -50,7 +52,7 @@ class LoadAudio(Stage):
     def load(self, path: Path) -> Waveform:
         import torch
 
-        audio, rate = read_audio(path, self.sample_rate, self.channel, self.resampler)
+        audio, rate = read_audio(path, self.sample_rate, self.channel, self.resampler, self.remove_dc)
         data = torch.from_numpy(audio.T.copy()).unsqueeze(0)
         return Waveform(data, WaveformSpec(rate, data.shape[1]), [path.stem])
 
