@@ -268,3 +268,74 @@ def test_readers_share_the_dc_removal():
 
     assert inspect.signature(read_audio).parameters["remove_dc"].default is True
     assert LoadAudio.params["remove_dc"].default is True
+
+
+# --------------------------------------------------------------------------- images
+
+
+def _png_header_only(path: Path, width: int, height: int) -> None:
+    """A PNG that declares width x height RGB and holds no pixels: a decompression bomb's first bytes."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)))
+
+
+def test_too_many_pixels_is_refused_before_decoding(tmp_path):
+    from transmute.errors import InputError
+    from transmute_image.stages import LoadImages
+
+    _png_header_only(tmp_path / "bomb.png", 12000, 12000)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # Pillow's DecompressionBombWarning would fail here
+        with pytest.raises(InputError) as caught:
+            LoadImages().load(tmp_path / "bomb.png")
+    assert str(caught.value) == ("image is 12000x12000 = 144 megapixels, above max_pixels (100 megapixels); "
+                                 "raise it with --set load.max_pixels=144000000")
+    from PIL import Image
+
+    Image.new("RGB", (100, 60)).save(tmp_path / "small.png")
+    with pytest.raises(InputError, match=r"^image is 100x60 = 6000 pixels, above max_pixels \(5000 pixels\); "):
+        LoadImages(max_pixels=5000).load(tmp_path / "small.png")
+    assert LoadImages(max_pixels=6000).load(tmp_path / "small.png").data.shape == (1, 3, 60, 100)
+
+
+def test_pillows_own_limit_is_replaced_not_printed(tmp_path, monkeypatch):
+    from PIL import Image
+
+    from transmute_image.stages import LoadImages
+
+    Image.new("RGB", (64, 64), (10, 20, 30)).save(tmp_path / "a.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # Pillow would warn at 1000 and refuse at 2000 pixels
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        data = LoadImages().load(tmp_path / "a.png").data
+    assert data.dtype == torch_float32() and data.shape == (1, 3, 64, 64)
+    assert Image.MAX_IMAGE_PIXELS == 1000  # put back for everyone else
+
+
+def torch_float32():
+    import torch
+
+    return torch.float32
+
+
+def test_animated_image_warns_and_uses_the_first_frame(tmp_path):
+    from PIL import Image
+
+    from transmute.errors import InputWarning
+    from transmute_image.stages import LoadImages
+
+    frames = [Image.new("RGB", (16, 8), color) for color in ((255, 0, 0), (0, 255, 0), (0, 0, 255))]
+    frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:], duration=100, loop=0)
+    with pytest.warns(InputWarning, match=r"^animated image with 3 frames; only the first is used$"):
+        data = LoadImages().load(tmp_path / "anim.gif").data
+    assert data[0, :, 0, 0].tolist() == [1.0, 0.0, 0.0]
+    frames[0].save(tmp_path / "still.gif")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        LoadImages().load(tmp_path / "still.gif")
