@@ -339,3 +339,24 @@ def test_animated_image_warns_and_uses_the_first_frame(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         LoadImages().load(tmp_path / "still.gif")
+
+
+# --------------------------------------------------------------------------- pipeline settings
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["mel.hop_length=2048"], "hop_length 2048 is larger than n_fft 1024, so audio between frames would be lost; "
+                              "use a hop_length of at most 1024 (usually a quarter: 256)"),
+    (["mel.win_length=400", "mel.hop_length=401"], "hop_length 401 is larger than win_length 400, so audio between "
+                                                   "frames would be lost; use a hop_length of at most 400"),
+])
+def test_hop_longer_than_the_window_is_refused_at_check_time(overrides, message):
+    from transmute.errors import PipelineError
+    from transmute.pipeline import build_pipeline
+    from transmute.plugins import get_manager
+
+    with pytest.raises(PipelineError) as caught:
+        build_pipeline("resynthesize", get_manager().registry, overrides)
+    assert "stage 'mel' (audio.logmel)" in str(caught.value) and message in str(caught.value)
+    assert "\n" not in str(caught.value)
+    build_pipeline("resynthesize", get_manager().registry, ["mel.win_length=400", "mel.hop_length=400"])

@@ -163,6 +163,12 @@ class LogMel(Stage):
             )
         if self.win_length > self.n_fft:
             raise PipelineError(f"win_length {self.win_length} is larger than n_fft {self.n_fft}")
+        window, window_name = (self.win_length, "win_length") if self.win_length else (self.n_fft, "n_fft")
+        if self.hop_length > window:
+            # Samples between two windows are in no frame: nothing can rebuild them.
+            raise PipelineError(f"hop_length {self.hop_length} is larger than {window_name} {window}, so audio "
+                                f"between frames would be lost; use a hop_length of at most {window} "
+                                f"(usually a quarter: {max(1, window // 4)})")
         _check_window(self.window, self.win_length or self.n_fft)
         settings = {k: v for k, v in self.values.items() if k != "spec_from"}
         return FeatureSpec(sample_rate=incoming.sample_rate, **settings)
