@@ -360,3 +360,22 @@ def test_hop_longer_than_the_window_is_refused_at_check_time(overrides, message)
     assert "stage 'mel' (audio.logmel)" in str(caught.value) and message in str(caught.value)
     assert "\n" not in str(caught.value)
     build_pipeline("resynthesize", get_manager().registry, ["mel.win_length=400", "mel.hop_length=400"])
+
+
+def test_unknown_plugin_names_are_warned_with_the_names_that_exist(monkeypatch):
+    from transmute import plugins
+
+    monkeypatch.setattr(plugins, "_cli_disabled", set())  # the flag's callback records names process-wide
+    monkeypatch.setenv("TRANSMUTE_DISABLE_PLUGINS", "xyz")
+    monkeypatch.setenv("TRANSMUTE_PLUGINS", "audio,pipeline,images,cyclegan_vc")
+    result = CliRunner().invoke(cli, ["--disable-plugin", "audo", "--disable-plugin", "images", "--help"])
+    assert result.exit_code == 0
+    installed = "installed plugins: audio, cyclegan_vc, images, pipelines"
+    assert result.stderr.splitlines() == [
+        f"warning: --disable-plugin: no plugin named 'audo' (did you mean 'audio'?); {installed}",
+        f"warning: TRANSMUTE_DISABLE_PLUGINS: no plugin named 'xyz'; {installed}",
+        f"warning: TRANSMUTE_PLUGINS: no plugin named 'pipeline' (did you mean 'pipelines'?); {installed}",
+    ]
+    monkeypatch.setenv("TRANSMUTE_PLUGINS", "audio,pipelines")
+    monkeypatch.delenv("TRANSMUTE_DISABLE_PLUGINS")
+    assert CliRunner().invoke(cli, ["--disable-plugin", "images", "--help"]).stderr == ""
