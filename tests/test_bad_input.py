@@ -379,3 +379,16 @@ def test_unknown_plugin_names_are_warned_with_the_names_that_exist(monkeypatch):
     monkeypatch.setenv("TRANSMUTE_PLUGINS", "audio,pipelines")
     monkeypatch.delenv("TRANSMUTE_DISABLE_PLUGINS")
     assert CliRunner().invoke(cli, ["--disable-plugin", "images", "--help"]).stderr == ""
+
+
+def test_training_reads_the_rest_of_a_folder_and_names_what_it_skipped(tmp_path):
+    from transmute_cyclegan_vc.task import FEATURES, speaker_features
+
+    sf.write(tmp_path / "a.wav", tone(4.0, 22050), 22050)
+    (tmp_path / "gone.wav").symlink_to(tmp_path / "nothing.wav")
+    feats, _, skipped = speaker_features(tmp_path, FEATURES, "a")
+    assert len(feats) == 1
+    assert skipped == [f"{tmp_path / 'gone.wav'}: broken symbolic link (to {tmp_path / 'nothing.wav'})"]
+    (tmp_path / "a.wav").unlink()
+    with pytest.raises(TransmuteError, match=r": no audio files found \(.*gone.wav: broken symbolic link"):
+        speaker_features(tmp_path, FEATURES, "a")
