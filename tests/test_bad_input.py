@@ -139,16 +139,26 @@ def test_output_folder_inside_the_input_is_not_walked(tmp_path):
 # --------------------------------------------------------------------------- write failures
 
 
-@pytest.fixture
-def tiny_disk(tmp_path):
-    """A 64 KiB tmpfs, where that can be mounted (root, and a kernel that allows it)."""
-    mount = tmp_path / "tiny"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)], capture_output=True)
+def mounted_tmpfs(folder: Path, options: str) -> Path:
+    """A tmpfs mounted on folder, where that is allowed (root, and a kernel that lets us); else skip."""
+    folder.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)], capture_output=True)
     if done.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
-    yield mount
-    subprocess.run(["umount", str(mount)], check=True)
+    return folder
+
+
+@pytest.fixture
+def tiny_disk(tmp_path):
+    """A 64 KiB disk."""
+    yield mounted_tmpfs(tmp_path / "tiny", "size=64k")
+    subprocess.run(["umount", str(tmp_path / "tiny")], check=True)
+
+
+@pytest.fixture
+def read_only_disk(tmp_path):
+    yield mounted_tmpfs(tmp_path / "ro", "ro,size=64k")
+    subprocess.run(["umount", str(tmp_path / "ro")], check=True)
 
 
 def test_full_disk_is_named_and_no_temporary_is_left(tmp_path, tiny_disk):
@@ -179,6 +189,30 @@ def test_write_permission_is_named_with_the_users_file_name(world_dir):
         assert str(caught.value) == f"cannot write {out / name}: permission denied"
         assert one_line(caught.value) == str(caught.value)  # what the runner prints: no ".part" name
     assert list(out.iterdir()) == []
+
+
+def test_read_only_disk_is_named(read_only_disk):
+    with pytest.raises(TransmuteError, match=f"^cannot write {read_only_disk / 'x.wav'}: read-only file system$"):
+        with atomic_path(read_only_disk / "x.wav") as tmp:
+            sf.write(tmp, tone(0.01), 16000, format="WAV")
+
+
+def test_an_input_that_cannot_be_opened_is_named(world_dir):
+    from PIL import Image
+
+    from transmute.audio import read_audio
+    from transmute.errors import InputError
+    from transmute_image.stages import LoadImages
+
+    sf.write(world_dir / "a.wav", tone(0.01), 16000)
+    Image.new("RGB", (4, 4)).save(world_dir / "a.png")
+    for name in ("a.wav", "a.png"):
+        (world_dir / name).chmod(0o000)
+    with as_nobody():
+        with pytest.raises(InputError, match="^cannot read: permission denied$"):
+            read_audio(world_dir / "a.wav")
+        with pytest.raises(InputError, match="^cannot read: permission denied$"):
+            LoadImages().load(world_dir / "a.png")
 
 
 def test_opaque_writer_errors_are_explained_by_the_folder(tmp_path, monkeypatch):
@@ -324,21 +358,23 @@ def torch_float32():
     return torch.float32
 
 
-def test_animated_image_warns_and_uses_the_first_frame(tmp_path):
+@pytest.mark.parametrize("name, kind", [("anim.gif", "animated"), ("anim.png", "animated"),
+                                        ("anim.webp", "animated"), ("pages.tif", "multi-page")])
+def test_animated_image_warns_and_uses_the_first_frame(tmp_path, name, kind):
     from PIL import Image
 
     from transmute.errors import InputWarning
     from transmute_image.stages import LoadImages
 
     frames = [Image.new("RGB", (16, 8), color) for color in ((255, 0, 0), (0, 255, 0), (0, 0, 255))]
-    frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:], duration=100, loop=0)
-    with pytest.warns(InputWarning, match=r"^animated image with 3 frames; only the first is used$"):
-        data = LoadImages().load(tmp_path / "anim.gif").data
+    frames[0].save(tmp_path / name, save_all=True, append_images=frames[1:], duration=100, loop=0, lossless=True)
+    with pytest.warns(InputWarning, match=f"^{kind} image with 3 frames; only the first is used$"):
+        data = LoadImages().load(tmp_path / name).data
     assert data[0, :, 0, 0].tolist() == [1.0, 0.0, 0.0]
-    frames[0].save(tmp_path / "still.gif")
+    frames[0].save(tmp_path / f"still-{name}")
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        LoadImages().load(tmp_path / "still.gif")
+        LoadImages().load(tmp_path / f"still-{name}")
 
 
 # --------------------------------------------------------------------------- pipeline settings

@@ -53,8 +53,11 @@ def atomic_path(path: Path) -> Iterator[Path]:
             raise
         raise TransmuteError(f"cannot write {path}: {reason}") from exc
     finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
+        # Only what exists: on a read-only disk, unlinking a missing file fails with EROFS, which would
+        # hide the real error. A temporary that cannot be removed is left rather than raised over it.
+        if os.path.lexists(tmp):
+            with contextlib.suppress(OSError):
+                tmp.unlink()
 
 
 # Below this much free space, a write that failed without saying why is put down to a full disk.
