@@ -258,8 +258,9 @@ def test_wav_cut_short_warns_with_frames_and_seconds(tmp_path):
     sf.write(tmp_path / "full.wav", tone(1.0, 8000), 8000, subtype="PCM_24")  # 8000 frames of 3 bytes
     whole = (tmp_path / "full.wav").read_bytes()
     (tmp_path / "cut.wav").write_bytes(whole[: len(whole) - 3 * 2000])
-    with pytest.warns(InputWarning, match=r"^the file is cut short: its header promises 8000 frames \(1\.00 s\), "
-                                          r"it holds 6000; 2000 frames \(0\.25 s\) are missing, what is there was used$"):
+    expected = (r"^the file is cut short: its header promises 8000 frames \(1\.00 s\), it holds 6000; "
+                r"2000 frames \(0\.25 s\) are missing, what is there was used$")
+    with pytest.warns(InputWarning, match=expected):
         audio, _ = read_audio(tmp_path / "cut.wav")
     assert audio.shape == (6000, 1)
     with warnings.catch_warnings():
@@ -287,7 +288,8 @@ def test_dc_offset_is_removed_and_the_tone_is_unchanged(tmp_path):
         spectrum = np.abs(np.fft.rfft(y)) ** 2
         return spectrum[np.fft.rfftfreq(len(y), 1 / rate) < 60].sum() / spectrum.sum()
 
-    clean, removed = sf.read(tmp_path / "out-clean-true" / "a.wav")[0], sf.read(tmp_path / "out-offset-true" / "a.wav")[0]
+    clean = sf.read(tmp_path / "out-clean-true" / "a.wav")[0]
+    removed = sf.read(tmp_path / "out-offset-true" / "a.wav")[0]
     assert np.abs(clean - removed).max() <= 2 / 32768  # the same output as without the offset
     assert low_share(tmp_path / "out-offset-true" / "a.wav") < 0.02
     assert low_share(tmp_path / "out-offset-false" / "a.wav") > 0.05 # what the offset did when it was kept
