@@ -379,6 +379,20 @@ def test_animated_image_warns_and_uses_the_first_frame(tmp_path, name, kind):
         LoadImages().load(tmp_path / f"still-{name}")
 
 
+def test_a_camera_jpeg_with_a_preview_frame_is_not_news(tmp_path):
+    from PIL import Image
+
+    from transmute_image.stages import LoadImages
+
+    photo, preview = Image.new("RGB", (32, 16), (200, 100, 50)), Image.new("RGB", (8, 4))
+    photo.save(tmp_path / "camera.jpg", format="MPO", save_all=True, append_images=[preview])
+    with Image.open(tmp_path / "camera.jpg") as opened:
+        assert (opened.format, opened.n_frames) == ("MPO", 2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert LoadImages().load(tmp_path / "camera.jpg").data.shape == (1, 3, 16, 32)
+
+
 # --------------------------------------------------------------------------- pipeline settings
 
 

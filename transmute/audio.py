@@ -95,6 +95,8 @@ def read_audio(path: Path, sample_rate: int = 0, channel: str = "mono", resample
     return np.ascontiguousarray(audio), rate
 
 
+# WAV encodings that store one frame per block_align bytes: PCM, float, A-law, mu-law, extensible.
+_FRAME_PER_BLOCK = (1, 3, 6, 7, 0xFFFE)
 # Sizes a streaming writer puts in the data chunk when it cannot know the length.
 _UNKNOWN_DATA_SIZES = (0, 0xFFFFFFFF)
 
@@ -122,7 +124,10 @@ def _promised_wav_frames(path: Path) -> int | None:
                 fmt = f.read(size)
                 if len(fmt) < 14:
                     return None
+                encoding = struct.unpack(endian + "H", fmt[:2])[0]
                 block_align = struct.unpack(endian + "H", fmt[12:14])[0]
+                if encoding not in _FRAME_PER_BLOCK:
+                    return None  # a compressed encoding (ADPCM, GSM, ...): a block holds many frames
                 f.seek(size & 1, 1)
             elif chunk == b"data":
                 if not block_align or size in _UNKNOWN_DATA_SIZES:

@@ -33,6 +33,10 @@ EXTENSIONS = (
     "png", "pnm", "ppm", "qoi", "tga", "tif", "tiff", "webp",
 )
 
+# Formats whose extra frames are content the user may expect to be processed. (A
+# camera's JPEG often opens as MPO, whose second frame is a preview: not news.)
+_SEQUENCES = {"GIF": "animated", "PNG": "animated", "WEBP": "animated", "TIFF": "multi-page"}
+
 # Single-channel modes with more than 8 bits, read straight from their values
 # so no precision is lost, with the value that means white. "I" is how Pillow
 # before 10.x opened 16-bit PNGs; "F" follows Pillow's own 0..255 scale (what
@@ -162,13 +166,12 @@ class LoadImages(Stage):
                 if self.max_pixels and width * height > self.max_pixels:
                     raise InputError(f"image is {width}x{height} = {_pixel_counts(width * height, self.max_pixels)}; "
                                      f"raise it with --set {self.label}.max_pixels={width * height}")
+                kind = _SEQUENCES.get(img.format)
+                frames = getattr(img, "n_frames", 1) if kind else 1
                 img.load()  # decode now: a truncated file fails here, not halfway through a batch
-                frames = getattr(img, "n_frames", 1)
                 if frames > 1:
-                    kind = "multi-page" if img.format == "TIFF" else "animated"
                     warnings.warn(f"{kind} image with {frames} frames; only the first is used", InputWarning,
                                   stacklevel=2)
-                    img.seek(0)
                 ImageOps.exif_transpose(img, in_place=True)
                 data = _pixels(img, self.mode, self.value_range)
         except TransmuteError:
