@@ -20,7 +20,7 @@ MODES = ("L", "RGB", "RGBA")
 
 # 10000x10000 and every common camera fits. A decompression bomb (a small file
 # that decodes to billions of pixels) is refused before it is decoded; the
-# limit's memory is about 4 GB from load to save. Pillow's own check (89 million,
+# limit's memory is about 3.5 GB from load to save (RGB). Pillow's own check (89 million,
 # a warning) is replaced by this one, which names the parameter to raise.
 DEFAULT_MAX_PIXELS = 100_000_000
 
@@ -133,7 +133,7 @@ class LoadImages(Stage):
     params = {
         "mode": Param(str, "RGB", "channels to convert to", choices=MODES),
         "value_range": Param(list, [0, 1], "[low, high] that black and white map to, e.g. [-1, 1]"),
-        "max_pixels": Param(int, DEFAULT_MAX_PIXELS, "refuse an image with more pixels than this (about 40 bytes "
+        "max_pixels": Param(int, DEFAULT_MAX_PIXELS, "refuse an image with more pixels than this (about 35 bytes "
                             "of memory each from load to save); 0: no limit", min=0),
     }
     extensions = EXTENSIONS
