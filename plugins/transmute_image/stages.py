@@ -18,10 +18,11 @@ from transmute.stages import Param, ParamError, Stage
 
 MODES = ("L", "RGB", "RGBA")
 
-# 10000x10000 and every common camera fits. A decompression bomb (a small file
-# that decodes to billions of pixels) is refused before it is decoded; the
-# limit's memory is about 3.5 GB from load to save (RGB). Pillow's own check (89 million,
-# a warning) is replaced by this one, which names the parameter to raise.
+# 10000x10000 fits, and so does any camera's photo short of 100+ megapixel
+# medium format. A decompression bomb (a small file that decodes to billions of
+# pixels) is refused before it is decoded; at the limit an RGB image takes about
+# 3.5 GB from load to save. Pillow's own check (a warning at 89 million pixels,
+# an error at twice that) is replaced by this one, which names what to raise.
 DEFAULT_MAX_PIXELS = 100_000_000
 
 # Formats Pillow decodes by itself. Pillow registers more suffixes (pdf, eps, h5,
