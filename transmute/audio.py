@@ -7,9 +7,11 @@ from the same file.
 from __future__ import annotations
 
 import functools
+import warnings
 from pathlib import Path
 
-from transmute.errors import InputError
+from transmute.errors import InputError, InputWarning
+from transmute.files import check_readable
 
 RESAMPLERS = ("soxr_vhq", "soxr_hq", "soxr_mq", "soxr_lq")
 _EXTRA_EXTENSIONS = {"aif", "aiff", "aifc", "oga", "opus", "mp3", "wave", "htk", "sd2", "w64", "rf64", "caf"}
@@ -44,16 +46,20 @@ def resample(audio, orig_sr: int, target_sr: int, quality: str = "soxr_hq"):
     return np.ascontiguousarray(out, dtype=np.float32)
 
 
-def read_audio(path: Path, sample_rate: int = 0, channel: str = "mono", resampler: str = "soxr_hq"):
+def read_audio(path: Path, sample_rate: int = 0, channel: str = "mono", resampler: str = "soxr_hq",
+               remove_dc: bool = True):
     """Read a file as float32 numpy (samples, channels) and its rate.
 
     channel: 'mono' mixes down, 'all' keeps every channel, or a channel index as
-    a string. sample_rate 0 keeps the file's rate. Problems raise InputError with
-    a one-line reason (the caller names the file).
+    a string. sample_rate 0 keeps the file's rate. remove_dc subtracts each
+    channel's mean. Problems raise InputError with a one-line reason (the caller
+    names the file); a file that is processed but damaged (cut short) raises
+    InputWarning.
     """
     import numpy as np
     import soundfile
 
+    check_readable(path)
     if Path(path).stat().st_size == 0:
         raise InputError("the file is empty")
     try:
@@ -65,6 +71,12 @@ def read_audio(path: Path, sample_rate: int = 0, channel: str = "mono", resample
         raise InputError("the file contains no audio samples")
     if not np.isfinite(audio).all():
         raise InputError("the file contains NaN or infinite samples")
+    promised = _promised_wav_frames(path)
+    if promised is not None and promised > audio.shape[0]:
+        missing = promised - audio.shape[0]
+        warnings.warn(f"the file is cut short: its header promises {promised} frames ({promised / rate:.2f} s), "
+                      f"it holds {audio.shape[0]}; {missing} frames ({missing / rate:.2f} s) are missing, "
+                      "what is there was used", InputWarning, stacklevel=2)
     if channel == "mono":
         audio = audio.mean(axis=1, keepdims=True)
     elif channel != "all":
@@ -72,10 +84,57 @@ def read_audio(path: Path, sample_rate: int = 0, channel: str = "mono", resample
         if index >= audio.shape[1]:
             raise InputError(f"channel {index} requested, but the file has {audio.shape[1]} channel(s)")
         audio = audio[:, index : index + 1]
+    if remove_dc:
+        # The mean, not a high-pass filter: it removes a constant offset exactly and
+        # touches nothing else (no cutoff to choose, no phase shift, no start-up
+        # transient), and an offset is what recorders and converters leave behind.
+        audio = audio - audio.mean(axis=0, dtype=np.float64).astype(np.float32)
     if sample_rate and rate != sample_rate:
         audio = resample(audio, rate, sample_rate, resampler)
         rate = sample_rate
     return np.ascontiguousarray(audio), rate
+
+
+# WAV encodings that store one frame per block_align bytes: PCM, float, A-law, mu-law, extensible.
+_FRAME_PER_BLOCK = (1, 3, 6, 7, 0xFFFE)
+# Sizes a streaming writer puts in the data chunk when it cannot know the length.
+_UNKNOWN_DATA_SIZES = (0, 0xFFFFFFFF)
+
+
+def _promised_wav_frames(path: Path) -> int | None:
+    """The frame count a WAV header's data chunk declares; None for other formats or an unknown length.
+
+    libsndfile silently clamps a declared length to what the file holds, so the
+    header is read here to tell a complete file from one cut short.
+    """
+    import struct
+
+    with open(path, "rb") as f:
+        riff = f.read(12)
+        if len(riff) < 12 or riff[:4] not in (b"RIFF", b"RIFX") or riff[8:] != b"WAVE":
+            return None
+        endian = "<" if riff[:4] == b"RIFF" else ">"
+        block_align = 0
+        while True:
+            header = f.read(8)
+            if len(header) < 8:
+                return None
+            chunk, size = header[:4], struct.unpack(endian + "I", header[4:])[0]
+            if chunk == b"fmt ":
+                fmt = f.read(size)
+                if len(fmt) < 14:
+                    return None
+                encoding = struct.unpack(endian + "H", fmt[:2])[0]
+                block_align = struct.unpack(endian + "H", fmt[12:14])[0]
+                if encoding not in _FRAME_PER_BLOCK:
+                    return None  # a compressed encoding (ADPCM, GSM, ...): a block holds many frames
+                f.seek(size & 1, 1)
+            elif chunk == b"data":
+                if not block_align or size in _UNKNOWN_DATA_SIZES:
+                    return None
+                return size // block_align
+            else:
+                f.seek(size + (size & 1), 1)
 
 
 def trim_silence(audio, top_db: float = 40.0, frame_length: int = 1024, hop_length: int = 256):

@@ -72,6 +72,8 @@ def _disable_plugins(ctx, param, values):
 
     for name in values:
         plugins.disable(name)
+    for warning in plugins.configuration_warnings(values):
+        click.echo(f"warning: {warning}", err=True)
     return values
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 
 class TransmuteError(Exception):
     """A problem the user can fix; shown as one line, never as a traceback."""
@@ -38,9 +40,18 @@ class SpecMismatch(PipelineError):
         super().__init__(message)
 
 
+def os_reason(exc: OSError) -> str:
+    """What went wrong, in the words users know: 'permission denied', 'no space left on device'."""
+    words = os.strerror(exc.errno) if exc.errno else (exc.strerror or str(exc) or type(exc).__name__)
+    return words[:1].lower() + words[1:]
+
+
 def one_line(exc: BaseException) -> str:
     """A single-line description of an exception, for batch reports."""
     text = " ".join(str(exc).split())
+    if isinstance(exc, OSError) and exc.errno:
+        names = [str(n) for n in (exc.filename, exc.filename2) if n is not None]
+        return ": ".join([os_reason(exc), " -> ".join(names)] if names else [os_reason(exc)])
     if isinstance(exc, TransmuteError):
         return text or type(exc).__name__
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

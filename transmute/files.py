@@ -8,7 +8,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
-from transmute.errors import TransmuteError
+from transmute.errors import InputError, TransmuteError, os_reason
+
+
+# Permission checks ask about the effective user, the one whose rights opening a file uses.
+_EFFECTIVE = os.access in os.supports_effective_ids
+
+
+def check_readable(path: Path) -> None:
+    """Raise InputError('cannot read: permission denied', ...) if `path` cannot be opened for reading."""
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as exc:
+        raise InputError(f"cannot read: {os_reason(exc)}") from None
 
 
 @contextlib.contextmanager
@@ -16,10 +29,15 @@ def atomic_path(path: Path) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success rename it over `path`.
 
     On any error (or Ctrl-C) the temporary file is removed and `path` is left
-    as it was, so a reader never sees a half-written file.
+    as it was, so a reader never sees a half-written file. A failure to write
+    is raised as a TransmuteError that names `path` (never the temporary name)
+    and the reason in words: 'permission denied', 'no space left on device'.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise TransmuteError(f"cannot create folder {path.parent}: {os_reason(exc)}") from exc
     tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
     try:
         yield tmp
@@ -29,9 +47,47 @@ def atomic_path(path: Path) -> Iterator[Path]:
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # as a plain open() would have made it, whatever the writer chose
         os.replace(tmp, path)
+    except Exception as exc:
+        reason = _write_failure(exc, tmp, path)
+        if reason is None:
+            raise
+        raise TransmuteError(f"cannot write {path}: {reason}") from exc
     finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
+        # Only what exists: on a read-only disk, unlinking a missing file fails with EROFS, which would
+        # hide the real error. A temporary that cannot be removed is left rather than raised over it.
+        if os.path.lexists(tmp):
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+
+
+# Below this much free space, a write that failed without saying why is put down to a full disk.
+_NEARLY_FULL = 1 << 20
+
+
+def _write_failure(exc: Exception, tmp: Path, path: Path) -> str | None:
+    """Why writing `tmp` failed, in words; None for an error that is not about writing the file.
+
+    Called while the temporary file still exists, so a disk it filled still reads as full.
+    """
+    if isinstance(exc, TransmuteError):
+        return None
+    if isinstance(exc, OSError) and exc.errno:
+        return os_reason(exc)
+    # Some writers only say "System error." (libsndfile): ask the folder what is wrong.
+    try:
+        stats = os.statvfs(path.parent)
+    except OSError:
+        stats = None
+    if stats is not None and stats.f_flag & os.ST_RDONLY:
+        return "read-only file system"
+    if not os.access(path.parent, os.W_OK, effective_ids=_EFFECTIVE):
+        return "permission denied"
+    if stats is not None and stats.f_bavail * stats.f_frsize < _NEARLY_FULL:
+        return "no space left on device"
+    text = " ".join(str(exc).split())
+    if str(tmp) in text or tmp.name in text:  # an I/O failure the writer described: keep its words
+        return text.replace(str(tmp), str(path)).replace(tmp.name, path.name)
+    return None  # not about writing (e.g. a writer's complaint about the data): raised as it is
 
 
 @dataclass
@@ -45,31 +101,69 @@ def discover(
 ) -> tuple[list[InputFile], list[Path], list[tuple[str, str]]]:
     """Expand files and folders (recursively) into input files.
 
-    Returns (files, ignored, missing): files named directly are always taken;
+    Returns (files, ignored, problems): files named directly are always taken;
     files inside folders are taken when `accepts` says so, hidden files and
     folders are skipped, and the rest is listed as ignored. Files below
     `exclude` (the output folder, when it sits inside an input folder) are not
-    inputs.
+    inputs. Symbolic links are followed. Each (path, reason) in problems is
+    something that could not be taken: a missing input, a folder that cannot
+    be read, a broken link, a link back to a folder above it.
     """
     exclude = exclude.resolve() if exclude is not None else None
     found: list[InputFile] = []
     ignored: list[Path] = []
-    missing: list[tuple[str, str]] = []
+    problems: list[tuple[str, str]] = []
+
+    def walk(folder: Path, rel: Path, above: frozenset[tuple[int, int]]) -> None:
+        # os.scandir rather than Path.rglob: rglob drops unreadable folders and
+        # links to folders without a word, and raises on other errors.
+        try:
+            with os.scandir(folder) as listing:
+                entries = sorted(listing, key=lambda e: e.name)
+        except OSError as exc:
+            problems.append((str(folder), f"cannot read folder: {os_reason(exc)}"))
+            return
+        if entries and not os.access(folder, os.X_OK, effective_ids=_EFFECTIVE):  # listed, but not enterable
+            problems.append((str(folder), "cannot enter folder: permission denied"))
+            return
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            sub = folder / entry.name
+            try:
+                if entry.is_symlink() and not os.path.exists(sub):
+                    problems.append((str(sub), f"broken symbolic link (to {os.readlink(sub)})"))
+                    continue
+                is_dir, is_file = entry.is_dir(), entry.is_file()
+                if is_dir:
+                    key = _identity(os.stat(sub))
+            except OSError as exc:
+                problems.append((str(sub), f"cannot read: {os_reason(exc)}"))
+                continue
+            if is_dir:
+                if key in above:
+                    problems.append((str(sub), "symbolic link loop, skipped"))
+                elif exclude is None or sub.resolve() != exclude:
+                    walk(sub, rel / entry.name, above | {key})
+            elif not is_file:
+                continue  # a socket, a fifo, a device: never an input
+            elif accepts(sub):
+                found.append(InputFile(sub, rel / entry.name))
+            else:
+                ignored.append(sub)
+
     for raw in inputs:
         path = Path(raw).expanduser()
         if path.is_dir():
-            for sub in sorted(path.rglob("*")):
-                rel = sub.relative_to(path)
-                if any(part.startswith(".") for part in rel.parts) or not sub.is_file():
-                    continue
-                if exclude is not None and exclude in sub.resolve().parents:
-                    continue
-                if accepts(sub):
-                    found.append(InputFile(sub, rel))
-                else:
-                    ignored.append(sub)
+            walk(path, Path(), frozenset({_identity(path.stat())}))
         elif path.exists():
             found.append(InputFile(path, Path(path.name)))
+        elif path.is_symlink():
+            problems.append((raw, f"broken symbolic link (to {os.readlink(path)})"))
         else:
-            missing.append((raw, "no such file or folder"))
-    return found, ignored, missing
+            problems.append((raw, "no such file or folder"))
+    return found, ignored, problems
+
+
+def _identity(stat: os.stat_result) -> tuple[int, int]:
+    return stat.st_dev, stat.st_ino

@@ -246,6 +246,21 @@ def disable(name: str) -> None:
     _cli_disabled.add(name)
 
 
+def configuration_warnings(cli_disabled=()) -> list[str]:
+    """One line per plugin name in --disable-plugin, TRANSMUTE_DISABLE_PLUGINS or TRANSMUTE_PLUGINS
+    that no installed plugin has (a typo would otherwise disable nothing, or everything, silently)."""
+    from transmute.stages import suggest
+
+    sources = [("--disable-plugin", set(cli_disabled)),
+               ("TRANSMUTE_DISABLE_PLUGINS", _names_from_env("TRANSMUTE_DISABLE_PLUGINS")),
+               ("TRANSMUTE_PLUGINS", _names_from_env("TRANSMUTE_PLUGINS"))]
+    if not any(names for _, names in sources):
+        return []
+    known = sorted({ep.name for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)})
+    return [f"{where}: no plugin named '{name}'{suggest(name, known)}; installed plugins: {', '.join(known)}"
+            for where, names in sources for name in sorted(set(names or ()) - set(known))]
+
+
 def get_manager() -> Manager:
     global _manager
     if _manager is None:

@@ -218,6 +218,8 @@ class Signal:
 
 def _pad_stack(tensors, ragged: int, value: float = 0.0):
     """Stack tensors whose last `ragged` dims differ, zero-padding at the end."""
+    if len(tensors) == 1:
+        return tensors[0]  # a batch of one is its item: a copy would double a large image's memory
     sizes = [t.shape[-ragged:] for t in tensors]
     target = [max(s[i] for s in sizes) for i in range(ragged)]
     out = tensors[0].new_full((len(tensors), *tensors[0].shape[1:-ragged], *target), value)

@@ -23,7 +23,9 @@ class LoadAudio(Stage):
         "sample_rate": Param(int, 0, "resample to this rate; 0 keeps each file's own rate", min=0),
         "channel": Param(str, "mono", "'mono' mixes channels down, 'all' keeps them, or a channel index (0, 1, ...)"),
         "resampler": Param(str, "soxr_hq", "soxr quality preset", choices=RESAMPLERS),
+        "remove_dc": Param(bool, True, "subtract each channel's mean (a DC offset becomes rumble after resynthesis)"),
     }
+
     def accepts(self, path: Path) -> bool:
         return is_audio_file(path)  # asks soundfile on first use, so listing stages never loads it
 
@@ -50,7 +52,7 @@ class LoadAudio(Stage):
     def load(self, path: Path) -> Waveform:
         import torch
 
-        audio, rate = read_audio(path, self.sample_rate, self.channel, self.resampler)
+        audio, rate = read_audio(path, self.sample_rate, self.channel, self.resampler, self.remove_dc)
         data = torch.from_numpy(audio.T.copy()).unsqueeze(0)
         return Waveform(data, WaveformSpec(rate, data.shape[1]), [path.stem])
 
@@ -161,6 +163,12 @@ class LogMel(Stage):
             )
         if self.win_length > self.n_fft:
             raise PipelineError(f"win_length {self.win_length} is larger than n_fft {self.n_fft}")
+        window, window_name = (self.win_length, "win_length") if self.win_length else (self.n_fft, "n_fft")
+        if self.hop_length > window:
+            # Samples between two windows are in no frame: nothing can rebuild them.
+            raise PipelineError(f"hop_length {self.hop_length} is larger than {window_name} {window}, so audio "
+                                f"between frames would be lost; use a hop_length of at most {window} "
+                                f"(usually a quarter: {max(1, window // 4)})")
         _check_window(self.window, self.win_length or self.n_fft)
         settings = {k: v for k, v in self.values.items() if k != "spec_from"}
         return FeatureSpec(sample_rate=incoming.sample_rate, **settings)

@@ -51,10 +51,11 @@ def speaker_features(folder: Path, spec: FeatureSpec, label: str) -> tuple[list[
     from transmute.audio import is_audio_file, read_audio, trim_silence
     from transmute.files import discover
 
-    files, _, missing = discover([str(folder)], is_audio_file)
-    if missing or not files:
-        raise TransmuteError(f"{folder}: no audio files found")
-    feats, skipped = [], []
+    files, _, problems = discover([str(folder)], is_audio_file)
+    if not files:
+        why = f" ({problems[0][0]}: {problems[0][1]})" if problems else ""
+        raise TransmuteError(f"{folder}: no audio files found{why}")
+    feats, skipped = [], [f"{path}: {reason}" for path, reason in problems]  # an unreadable sub-folder, a broken link
     for f in files:
         try:
             audio, _ = read_audio(f.path, spec.sample_rate)

@@ -7,13 +7,23 @@ Pixels travel as float32 (batch, channels, H, W) in the spec's value range.
 
 from __future__ import annotations
 
+import contextlib
+import warnings
 from pathlib import Path
 
-from transmute.errors import InputError, PipelineError, TransmuteError
+from transmute.errors import InputError, InputWarning, PipelineError, TransmuteError
+from transmute.files import check_readable
 from transmute.signals import File, Images, ImageSpec
 from transmute.stages import Param, ParamError, Stage
 
 MODES = ("L", "RGB", "RGBA")
+
+# 10000x10000 fits, and so does any camera's photo short of 100+ megapixel
+# medium format. A decompression bomb (a small file that decodes to billions of
+# pixels) is refused before it is decoded; at the limit an RGB image takes about
+# 3.5 GB from load to save. Pillow's own check (a warning at 89 million pixels,
+# an error at twice that) is replaced by this one, which names what to raise.
+DEFAULT_MAX_PIXELS = 100_000_000
 
 # Formats Pillow decodes by itself. Pillow registers more suffixes (pdf, eps, h5,
 # grib, ...), but those are write-only, need Ghostscript or are stubs, so in a
@@ -23,6 +33,10 @@ EXTENSIONS = (
     "apng", "bmp", "dib", "gif", "ico", "jfif", "jpe", "jpeg", "jpg", "pbm", "pcx", "pgm",
     "png", "pnm", "ppm", "qoi", "tga", "tif", "tiff", "webp",
 )
+
+# Formats whose extra frames are content the user may expect to be processed. (A
+# camera's JPEG often opens as MPO, whose second frame is a preview: not news.)
+_SEQUENCES = {"GIF": "animated", "PNG": "animated", "WEBP": "animated", "TIFF": "multi-page"}
 
 # Single-channel modes with more than 8 bits, read straight from their values
 # so no precision is lost, with the value that means white. "I" is how Pillow
@@ -46,24 +60,63 @@ def _unreadable(exc: BaseException, path: Path) -> str:
     return f"not a readable image ({text or type(exc).__name__})"
 
 
-def _unit_pixels(img, mode: str):
-    """A Pillow image as float64 (H, W, channels of `mode`) numpy, 0..1."""
-    import numpy as np
+def _pixels(img, mode: str, value_range: tuple[float, float]):
+    """A Pillow image as float32 (1, channels of `mode`, H, W) torch, black and white at value_range.
 
+    Values go from Pillow's integers straight into one float32 array that is
+    scaled in place: an image costs a few times its decoded size, not float64 copies.
+    """
+    import numpy as np
+    import torch
+
+    channels = len(mode)
+    out = np.empty((channels, img.height, img.width), dtype=np.float32)
     white = _WHITE_OF.get(img.mode)
     if white is not None:
-        gray = np.clip(np.asarray(img, dtype=np.float64) / white, 0.0, 1.0)[..., None]
-        planes = {"L": [gray], "RGB": [gray] * 3, "RGBA": [gray] * 3 + [np.ones_like(gray)]}[mode]
-        return np.concatenate(planes, axis=-1)
-    if img.mode == "PA" or (img.mode == "P" and "transparency" in img.info):
-        img = img.convert("RGBA")  # the palette's transparency becomes alpha before any other mode
-    if img.mode != mode:
-        try:
-            img = img.convert(mode)
-        except ValueError:  # no direct conversion (e.g. LAB -> L): go through RGB(A)
-            img = img.convert("RGBA" if "A" in img.mode else "RGB").convert(mode)
-    pixels = np.asarray(img, dtype=np.float64) / 255.0
-    return pixels[..., None] if pixels.ndim == 2 else pixels
+        gray = min(channels, 3)
+        out[:gray] = np.asarray(img)
+        out[:gray] /= white
+        np.clip(out[:gray], 0.0, 1.0, out=out[:gray])
+        out[gray:] = 1.0  # opaque
+        white = 1.0
+    else:
+        if img.mode == "PA" or (img.mode == "P" and "transparency" in img.info):
+            img = img.convert("RGBA")  # the palette's transparency becomes alpha before any other mode
+        if img.mode != mode:
+            try:
+                img = img.convert(mode)
+            except ValueError:  # no direct conversion (e.g. LAB -> L): go through RGB(A)
+                img = img.convert("RGBA" if "A" in img.mode else "RGB").convert(mode)
+        values = np.asarray(img)
+        out[...] = values[None] if values.ndim == 2 else values.transpose(2, 0, 1)
+        white = 255.0
+    low, high = value_range
+    out *= (high - low) / white
+    out += low
+    return torch.from_numpy(out).unsqueeze(0)
+
+
+@contextlib.contextmanager
+def _own_pixel_limit():
+    """Pillow's decompression-bomb check off: images.load applies max_pixels itself, with a clear message."""
+    from PIL import Image
+
+    saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+    try:
+        yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = saved
+
+
+def _pixel_counts(pixels: int, limit: int) -> str:
+    """'144 megapixels, above max_pixels (100 megapixels)', in exact pixels where megapixels would look equal."""
+    def mega(n: int) -> str:
+        return f"{n / 1e6:.2f}".rstrip("0").rstrip(".") + " megapixels"
+
+    have, allowed = mega(pixels), mega(limit)
+    if have == allowed:
+        have, allowed = f"{pixels} pixels", f"{limit} pixels"
+    return f"{have}, above max_pixels ({allowed})"
 
 
 def _resize(data, size: tuple[int, int]):
@@ -81,6 +134,8 @@ class LoadImages(Stage):
     params = {
         "mode": Param(str, "RGB", "channels to convert to", choices=MODES),
         "value_range": Param(list, [0, 1], "[low, high] that black and white map to, e.g. [-1, 1]"),
+        "max_pixels": Param(int, DEFAULT_MAX_PIXELS, "refuse an image with more pixels than this (about 35 bytes "
+                            "of memory each from load to save); 0: no limit", min=0),
     }
     extensions = EXTENSIONS
 
@@ -103,21 +158,29 @@ class LoadImages(Stage):
         import torch  # noqa: F401
 
     def load(self, path: Path) -> Images:
-        import numpy as np
-        import torch
         from PIL import Image, ImageOps
 
+        check_readable(path)
         try:
-            with Image.open(path) as img:
+            with _own_pixel_limit(), Image.open(path) as img:
+                width, height = img.size
+                if self.max_pixels and width * height > self.max_pixels:
+                    raise InputError(f"image is {width}x{height} = {_pixel_counts(width * height, self.max_pixels)}; "
+                                     f"raise it with --set {self.label}.max_pixels={width * height}")
+                kind = _SEQUENCES.get(img.format)
+                frames = getattr(img, "n_frames", 1) if kind else 1
                 img.load()  # decode now: a truncated file fails here, not halfway through a batch
-                img = ImageOps.exif_transpose(img)
+                if frames > 1:
+                    warnings.warn(f"{kind} image with {frames} frames; only the first is used", InputWarning,
+                                  stacklevel=2)
+                ImageOps.exif_transpose(img, in_place=True)
+                data = _pixels(img, self.mode, self.value_range)
+        except TransmuteError:
+            raise
         except Exception as exc:  # Pillow raises OSError, SyntaxError, ValueError, ... for bad files
             raise InputError(_unreadable(exc, path)) from None
-        unit = _unit_pixels(img, self.mode)
-        low, high = self.value_range
-        data = torch.from_numpy(np.ascontiguousarray(unit.transpose(2, 0, 1)) * (high - low) + low)
-        size = (int(unit.shape[0]), int(unit.shape[1]))
-        return Images(data.unsqueeze(0).float(), self.check(None), [path.stem], [size], [size])
+        size = (int(data.shape[2]), int(data.shape[3]))
+        return Images(data, self.check(None), [path.stem], [size], [size])
 
 
 def _pad(data, bottom: int, right: int, mode: str):
@@ -195,27 +258,30 @@ class SaveImages(Stage):
 
     def save(self, item: Images, path: Path) -> None:
         import numpy as np
+        import torch
         from PIL import Image
 
         h, w = item.sizes[0]
-        data = item.data[:1, :, :h, :w].detach().cpu().double()
+        data = item.data[:1, :, :h, :w].detach().cpu().float()
         if self.restore_size and tuple(item.original_sizes[0]) != (h, w):
             data = _resize(data, item.original_sizes[0])
-        low, high = item.spec.value_range
-        unit = ((data[0] - low) / (high - low)).clamp(0, 1).permute(1, 2, 0).numpy()
-        channels = unit.shape[-1]
+        channels = data.shape[1]
         if channels not in (1, 2, 3, 4):
             raise TransmuteError(f"cannot save an image with {channels} channels; expected 1, 2, 3 or 4")
+        # In float32, one array at a time and in place: 8-bit and 16-bit values are
+        # exact in float32, and float64 copies cost more memory than the image.
+        low, high = item.spec.value_range
+        unit = data[0].sub(low).div_(high - low).clamp_(0, 1)
         if self.format == "jpeg" and channels in (2, 4):  # JPEG has no alpha: composite on white
-            alpha = unit[..., -1:]
-            unit = unit[..., :-1] * alpha + (1.0 - alpha)
+            alpha = unit[-1:]
+            unit = unit[:-1].mul_(alpha).add_(1.0).sub_(alpha)
             channels -= 1
         if self.bit_depth == 16:
             if channels != 1:
                 raise TransmuteError(f"bit_depth 16 needs a single-channel image, got {channels} channels")
-            image = Image.fromarray(np.rint(unit[..., 0] * 65535).astype(np.uint16))
+            image = Image.fromarray(unit[0].mul_(65535).round_().to(torch.int32).numpy().astype(np.uint16))
         else:
-            pixels = np.rint(unit * 255).astype(np.uint8)
+            pixels = unit.mul_(255).round_().to(torch.uint8).permute(1, 2, 0).contiguous().numpy()
             image = Image.fromarray(pixels[..., 0] if channels == 1 else pixels)
         options = {} if self.format == "png" else {"quality": self.quality}
         image.save(path, format=FORMATS[self.format][0], **options)
