@@ -12,7 +12,7 @@ STAMP := $(VENV)/.installed
 # Festival and two of its voices make the offline two-speaker corpus (kal, slt).
 SYSTEM_PACKAGES := festival festvox-kallpc16k festvox-us-slt-hts
 
-.PHONY: venv system-packages demo test bench corpus model clean
+.PHONY: venv system-packages demo test test-fast bench corpus model clean
 
 venv: $(STAMP)
 
@@ -20,7 +20,9 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet $(TORCH_REQ)
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@# setuptools always adds a notice that an editable install maps folders by name
+	@# (our plugins live under plugins/); it says nothing a user must act on.
+	PYTHONWARNINGS='ignore:Editable installation' $(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -41,6 +43,10 @@ system-packages:
 
 test: $(STAMP) system-packages
 	$(BIN)/python -m pytest -q
+
+# While editing: everything but the tests marked slow (CI and `make test` run those too).
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow"
 
 # The two-speaker corpus the built-in converter is trained on (data/festival/).
 corpus: system-packages
