@@ -11,6 +11,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # Festival and two of its voices make the offline two-speaker corpus (kal, slt).
 SYSTEM_PACKAGES := festival festvox-kallpc16k festvox-us-slt-hts
+# The built-in converter's name (DEFAULT_MODEL in plugins/transmute_cyclegan_vc/__init__.py).
+BUILTIN_MODEL := kal-slt
 
 .PHONY: venv system-packages demo test test-fast bench corpus model clean
 
@@ -55,8 +57,8 @@ corpus: system-packages
 # Reproduces the built-in kal -> slt converter (about an hour on 2 CPU cores).
 model: $(STAMP) corpus
 	$(BIN)/transmute train cyclegan-vc --a data/festival/train/kal --b data/festival/train/slt \
-	  --preset small --seed 0 --out runs/kal-slt $(if $(wildcard runs/kal-slt/checkpoints/last.safetensors),--resume)
-	cp runs/kal-slt/model.safetensors plugins/transmute_cyclegan_vc/models/kal-slt.safetensors
+	  --preset small --seed 0 --out runs/$(BUILTIN_MODEL) $(if $(wildcard runs/$(BUILTIN_MODEL)/checkpoints/last.safetensors),--resume)
+	cp runs/$(BUILTIN_MODEL)/model.safetensors plugins/transmute_cyclegan_vc/models/$(BUILTIN_MODEL).safetensors
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import click
 
+from transmute_cyclegan_vc import DEFAULT_MODEL
+
 # Measured at 16 kHz: the festival kal voice has nothing above 8 kHz, and an
 # empty band would dominate the distortion of every comparison with it.
 SAMPLE_RATE = 16000
@@ -227,7 +229,7 @@ def speaker_encoder():
 
 
 @click.command("vc")
-@click.option("--model", default="kal-slt", show_default=True, help="Converter checkpoint or built-in model name.")
+@click.option("--model", default=DEFAULT_MODEL, show_default=True, help="Converter checkpoint or built-in model name.")
 @click.option("--source", "source", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="The source speaker's utterances of the parallel set.")
 @click.option("--target", "target", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 from transmute.errors import SpecMismatch, TransmuteError
 from transmute.signals import FeatureSpec, Spectrogram, spec_differences
 from transmute.stages import Param, Stage
 
+from transmute_cyclegan_vc import DEFAULT_MODEL
+
 PLUGIN, MODEL, VERSION = "cyclegan_vc", "converter", "1.0"
-DEFAULT_MODEL = "kal-slt"
 
 
 def load_converter(ref: str, direction: str, device="cpu"):
@@ -139,7 +139,3 @@ class Convert(Stage):
             y = (y * self.tgt_std + self.tgt_mean) * gate + floor * (1 - gate)
             converted.append(item.replace(data=y.unsqueeze(0)))
         return Spectrogram.collate(converted)
-
-
-def builtin_model_path() -> Path:
-    return Path(__file__).with_name("models") / f"{DEFAULT_MODEL}.safetensors"
