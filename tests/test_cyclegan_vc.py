@@ -160,7 +160,7 @@ def test_a_checkpoint_of_another_kind_or_missing_is_refused(model, tmp_path, spe
         assert result.exit_code == 1 and message in result.output and result.output.count("\n") == 1
 
 
-def test_eval_vc_reports_the_figures(model, speakers, tmp_path):
+def test_eval_vc_reports_the_figures(model, speakers, tmp_path, fake_speaker_encoder):
     target = tmp_path / "target"
     target.mkdir()
     for src in (speakers / "low").iterdir():  # a 'parallel' set: same names
