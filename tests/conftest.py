@@ -61,6 +61,45 @@ def transmute_cli():
     return lambda args, path=(), env=None, cwd=None: _run_python(["-m", "transmute", *args], path, env, cwd)
 
 
+# Several commands in one interpreter: each is invoked through click's CliRunner,
+# which captures its exit code, stdout and stderr; an unexpected exception's
+# traceback is added to stderr, as `python -m transmute` would have printed it.
+_BATCH_SCRIPT = """
+import json, sys, traceback
+from click.testing import CliRunner
+from transmute.cli import cli
+results = []
+for args in json.loads(sys.argv[1]):
+    result = CliRunner().invoke(cli, args, prog_name="transmute")
+    stderr = result.stderr
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        stderr += "".join(traceback.format_exception(*result.exc_info))
+    results.append({"returncode": result.exit_code, "stdout": result.stdout, "stderr": stderr})
+with open(sys.argv[2], "w") as out:
+    json.dump(results, out)
+"""
+
+
+@pytest.fixture(scope="session")
+def transmute_cli_batch(tmp_path_factory):
+    """transmute_cli_batch([args, ...], path=(), env=None, cwd=None): several commands, one subprocess.
+
+    For commands that share plugins and environment: the interpreter, and torch
+    when a command needs it, start once. Returns one CompletedProcess per command.
+    """
+    import json
+
+    def run(commands, path=(), env=None, cwd=None) -> list[subprocess.CompletedProcess]:
+        commands = [[str(a) for a in args] for args in commands]
+        report = tmp_path_factory.mktemp("batch") / "results.json"
+        process = _run_python(["-c", _BATCH_SCRIPT, json.dumps(commands), report], path, env, cwd)
+        assert process.returncode == 0 and report.is_file(), process.stdout + process.stderr
+        return [subprocess.CompletedProcess(args, r["returncode"], r["stdout"], r["stderr"])
+                for args, r in zip(commands, json.loads(report.read_text()))]
+
+    return run
+
+
 # --------------------------------------------------------------------------- speaker similarity
 
 
