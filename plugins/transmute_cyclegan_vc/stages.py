@@ -14,9 +14,11 @@ PLUGIN, MODEL, VERSION = "cyclegan_vc", "converter", "1.0"
 
 
 def load_converter(ref: str, direction: str, device="cpu"):
-    """(generator in eval mode, source stats, target stats, checkpoint) for one direction."""
-    import torch
+    """(generator in eval mode, source Normalization, target Normalization, checkpoint) for one direction.
 
+    The normalisations are the speakers' training statistics; apply them with
+    dsp.normalize / dsp.denormalize.
+    """
     from transmute.checkpoint import load_checkpoint, resolve_model
     from transmute_cyclegan_vc.networks import Generator
 
@@ -31,7 +33,7 @@ def load_converter(ref: str, direction: str, device="cpu"):
 
     def stats(key):
         s = ckpt.extra["stats"][key]
-        return (torch.tensor(s["mean"], device=device).view(-1, 1), torch.tensor(s["std"], device=device).view(-1, 1))
+        return Normalization(s["mean"], s["std"], label=f"speaker {key}")
 
     return net, stats(source), stats(target), ckpt
 
@@ -115,13 +117,7 @@ class Convert(Stage):
 
     def setup(self, device) -> None:
         super().setup(device)
-        self.net, _, _, ckpt = load_converter(self.model, self.direction, device)
-        # The per-speaker statistics the model was trained with, applied by dsp.normalize/denormalize.
-        stats = ckpt.extra["stats"]
-        speakers = ("a", "b") if self.direction == "a2b" else ("b", "a")
-        self.source_norm, self.target_norm = (
-            Normalization(stats[s]["mean"], stats[s]["std"], label=f"speaker {s}") for s in speakers
-        )
+        self.net, self.source_norm, self.target_norm, _ = load_converter(self.model, self.direction, device)
 
     def process(self, signal: Spectrogram) -> Spectrogram:
         from transmute import dsp
