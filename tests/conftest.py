@@ -6,6 +6,13 @@ from pathlib import Path
 
 import pytest
 
+# One torch/OpenMP thread per test process (and per subprocess, which inherits
+# it): the tests' tensors are small, and on a shared 2-core machine a second
+# spinning thread per process doubles the wall time instead of halving it
+# (measured: 6 tiny CycleGAN-VC steps, 12.9 s with one thread, 26.7 s with two).
+# Set OMP_NUM_THREADS yourself to choose otherwise.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 # --------------------------------------------------------------------------- plugin packages
 # Plugins are installed with pip into throw-away --target folders (never into
 # the venv) and exercised through `python -m transmute` in subprocesses whose
