@@ -89,3 +89,32 @@ def test_failed_save_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
         make(path, version="1.3")
     assert path.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.safetensors"]
+
+
+def test_a_header_is_read_once_while_the_file_is_unchanged(tmp_path, monkeypatch):
+    import safetensors
+
+    reads = []
+    real_open = safetensors.safe_open
+    monkeypatch.setattr(safetensors, "safe_open", lambda path, **kw: reads.append(path) or real_open(path, **kw))
+    path = make(tmp_path / "model.safetensors")
+    first = read_metadata(path)
+    first["plugin"] = "changed by a caller"
+    assert read_metadata(tmp_path / "." / "model.safetensors")["plugin"] == "toy", "each caller gets its own copy"
+    assert len(reads) == 1
+    make(path, plugin="other")  # rewritten: read again
+    assert read_metadata(path)["plugin"] == "other" and len(reads) == 2
+
+
+def test_model_feature_spec_checks_the_maker_and_needs_a_spec(tmp_path):
+    from transmute.checkpoint import model_feature_spec
+
+    path = make(tmp_path / "model.safetensors")
+    assert model_feature_spec(path) == FeatureSpec(sample_rate=16000, n_mels=64)
+    assert model_feature_spec(path, plugin="toy", model="generator").n_mels == 64
+    with pytest.raises(CheckpointError, match=r"is a toy/generator checkpoint, not a vocoder hifigan$"):
+        model_feature_spec(path, plugin="vocoder", model="hifigan")
+    with pytest.raises(CheckpointError, match=r"stores no feature spec"):
+        model_feature_spec(make(tmp_path / "bare.safetensors", feature_spec=None))
+    with pytest.raises(CheckpointError, match=r"is a training-state checkpoint; use the run's model.safetensors"):
+        model_feature_spec(make(tmp_path / "state.safetensors", model="training-state"))

@@ -3,12 +3,13 @@
 import copy
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from transmute.errors import PipelineError
 from transmute.pipeline import build_from_dict, build_pipeline, parse_value
 from transmute.plugins import Registry, get_manager
-from transmute.signals import Spectrogram, Waveform
+from transmute.signals import Spectrogram
 from transmute.stages import Param, Stage
 
 RESYNTH = {
@@ -157,13 +158,28 @@ def test_duplicate_stage_names_refused(registry):
         build(doc, registry)
 
 
-def test_waveform_transform_accepts_any_rate_when_resampling(registry):
+def test_waveform_transform_accepts_any_rate_when_resampling(registry, tmp_path):
     doc = {"stage": [{"use": "audio.load"}, {"use": "audio.resample", "sample_rate": 16000},
                      {"use": "audio.logmel", "fmax": 8000}, {"use": "audio.mel_to_linear"},
-                     {"use": "audio.griffinlim"}, {"use": "audio.save"}]}
+                     {"use": "audio.griffinlim", "n_iter": 2}, {"use": "audio.save"}]}
     p = build(doc, registry)
-    assert p.specs[2].sample_rate == 16000
-    assert isinstance(p.stages[1], Stage) and p.stages[1].consumes is Waveform
+    assert p.specs[0].sample_rate is None, "the loader keeps each file's own rate"
+    assert [spec.sample_rate for spec in p.specs[1:5]] == [16000] * 4, "16 kHz reaches griffinlim's output"
+    import soundfile as sf
+    from click.testing import CliRunner
+
+    from transmute.cli import cli
+
+    pipeline = tmp_path / "p.toml"
+    pipeline.write_text("".join(f"[[stage]]\n" + "".join(f"{k} = {v!r}\n".replace("'", '"') for k, v in s.items())
+                                for s in doc["stage"]))
+    for rate in (22050, 44100):
+        sf.write(tmp_path / f"in-{rate}.wav", np.sin(np.arange(rate // 4) * 0.05), rate)
+        result = CliRunner().invoke(cli, ["run", str(pipeline), str(tmp_path / f"in-{rate}.wav"), "-o",
+                                          str(tmp_path / "out"), "-q"])
+        assert result.exit_code == 0, result.output
+        info = sf.info(tmp_path / "out" / f"in-{rate}.wav")
+        assert info.samplerate == 16000 and abs(info.frames - 16000 // 4) <= 1, info
 
 
 def test_paths_in_a_file_are_relative_to_it_and_set_paths_to_the_working_dir(tmp_path, registry, monkeypatch):

@@ -193,6 +193,7 @@ def test_generator_pipeline_runs_without_inputs(tmp_path):
     assert result.exit_code != 0 and "give --count N instead of inputs" in result.output
 
 
+@pytest.mark.slow
 def test_ten_minute_file(tmp_path):
     src = tmp_path / "long.wav"
     sr = 16000

@@ -126,7 +126,8 @@ def test_two_processes_with_torchrun_and_gloo(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("TRANSMUTE_")}
     env["OMP_NUM_THREADS"] = "1"
     result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29561",
+        # --standalone: a rendezvous on a free local port, so two suites at once do not collide.
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
          str(script)], capture_output=True, text=True, timeout=300, env=env,
     )
     assert result.returncode == 0, result.stdout + result.stderr

@@ -12,6 +12,7 @@ with a message that names the file and both values.
 
 from __future__ import annotations
 
+import copy
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,13 +56,33 @@ def save_checkpoint(path: str | Path, checkpoint: Checkpoint) -> Path:
     return path
 
 
-def read_metadata(path: str | Path) -> dict:
-    """The JSON metadata of a checkpoint, without reading its tensors."""
-    from safetensors import safe_open
+# Headers already read, by (resolved path, inode, mtime, size): checking a pipeline
+# and setting it up ask for the same model's metadata several times in one run.
+_headers: dict[tuple, dict] = {}
+_HEADERS_KEPT = 64
 
+
+def read_metadata(path: str | Path) -> dict:
+    """The JSON metadata of a checkpoint, without reading its tensors.
+
+    Each file's header is read once while the file is unchanged; callers get
+    their own copy.
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found")
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_ino, stat.st_mtime_ns, stat.st_size)
+    if key not in _headers:
+        if len(_headers) >= _HEADERS_KEPT:
+            _headers.clear()
+        _headers[key] = _read_header(path)
+    return copy.deepcopy(_headers[key])
+
+
+def _read_header(path: Path) -> dict:
+    from safetensors import safe_open
+
     try:
         with safe_open(str(path), framework="numpy") as handle:  # numpy: reading a header needs no torch
             header = handle.metadata() or {}
@@ -100,6 +121,28 @@ def resolve_model(ref: str | Path) -> Path:
     known = ", ".join(sorted(models)) or "none"
     raise CheckpointError(f"model '{ref}': no such checkpoint file, and no installed plugin ships a model of "
                           f"that name (built-in models: {known})")
+
+
+def model_feature_spec(ref: str | Path, plugin: str | None = None, model: str | None = None):
+    """The FeatureSpec a model was trained on, from its checkpoint header (a path or a built-in model name).
+
+    With plugin/model given, a checkpoint made by anything else is refused.
+    """
+    from transmute.signals import FeatureSpec
+    from transmute.training import STATE_MODEL
+
+    path = resolve_model(ref)
+    meta = read_metadata(path)
+    made = (meta.get("plugin"), meta.get("model"))
+    if (plugin is not None and made[0] != plugin) or (model is not None and made[1] != model):
+        wanted = " ".join(w for w in (plugin, model) if w)
+        raise CheckpointError(f"model '{ref}' is a {made[0]}/{made[1]} checkpoint, not a {wanted}")
+    if made[1] == STATE_MODEL:
+        raise CheckpointError(f"{path} is a training-state checkpoint; use the run's model.safetensors")
+    stored = meta.get("feature_spec")
+    if not stored:
+        raise CheckpointError(f"{path} stores no feature spec")
+    return FeatureSpec.from_dict(stored)
 
 
 def _major(version: str) -> str:

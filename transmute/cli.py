@@ -227,9 +227,10 @@ def describe_command(pipeline, overrides, as_json):
         return
     click.echo(f"{d['name']}: {d['description']}")
     click.echo(f"  file: {d['source']}  batch_size: {d['batch_size']}  device: {d['device']}")
+    click.echo("  stages (name = what --set NAME.PARAM=VALUE refers to; use = the stage type):")
     for i, s in enumerate(d["stages"], 1):
         params = ", ".join(f"{k}={v!r}" for k, v in s["params"].items())
-        click.echo(f"  {i}. {s['name']} ({s['use']}): {' | '.join(s['consumes'])} -> {s['produces']}")
+        click.echo(f"  {i}. name = {s['name']!r}, use = {s['use']!r}: {' | '.join(s['consumes'])} -> {s['produces']}")
         click.echo(f"       {params}")
     click.echo("  check: ok (types and specs match from first to last stage)")
 

@@ -239,8 +239,9 @@ def features(
 ) -> tuple[torch.Tensor, list[int]]:
     """(batch, samples) audio -> (batch, n_bins, frames) features as `spec` describes.
 
-    With the default spec this is HiFi-GAN's log-mel; with log=False, power=2 and
-    mel_norm='slaney' it is librosa.feature.melspectrogram.
+    With the default spec these are HiFi-GAN's log-mel settings, framed centred
+    (FeatureSpec says what differs from HiFi-GAN); with log=False, power=2 and
+    pad_mode='constant' it is librosa.feature.melspectrogram with its defaults.
     """
     X, frames = stft(x, spec, lengths)
     mag = X.abs()

@@ -9,8 +9,16 @@
     name = "load"             # optional; defaults to the part after the dot
     sample_rate = 22050       # every other key is a parameter of the stage
 
+Two keys name a step, and they are different things:
+- `use` is the stage *type*: which registered stage class runs ("audio.logmel";
+  this is the class's `Stage.name`, "plugin.stage"). Required.
+- `name` is this *step's* name within the pipeline ("mel"): what
+  `--set mel.n_mels=128` and error messages refer to, and what Stage.label
+  holds. Optional; it defaults to the part of `use` after the dot, and must be
+  unique, so a pipeline that uses one type twice names at least one of them.
+
 A pipeline is found by path or by name among registered pipelines. Every error
-names the file, the stage and the key.
+names the file, the step (name and type) and the key.
 """
 
 from __future__ import annotations
@@ -191,9 +199,11 @@ def build_from_dict(doc: dict, registry, source: str = "<pipeline>", name: str =
             )
         label = raw.pop("name", use.rsplit(".", 1)[-1])
         if not isinstance(label, str) or not label.strip() or "." in label:
-            raise PipelineError(f"{where}: stage {i}: 'name' must be a non-empty name without dots, got {label!r}")
+            raise PipelineError(f"{where}: stage {i}: 'name' must be a non-empty name without dots, got {label!r} "
+                                "('name' is this step's name for --set; 'use' is the stage type)")
         if label in labels or label == "pipeline":
-            raise PipelineError(f"{where}: stage {i}: name '{label}' is used twice; give one a distinct name")
+            raise PipelineError(f"{where}: stage {i}: name '{label}' is used twice; give one a distinct `name = ...` "
+                                f"(a step's name defaults to the part of its `use` after the dot)")
         labels[label] = i
         configs.append({"use": use, "name": label, "values": raw})
 
@@ -213,7 +223,8 @@ def build_from_dict(doc: dict, registry, source: str = "<pipeline>", name: str =
         if stage_label not in labels:
             raise PipelineError(
                 f"{where}: --set {stage_label}.{key}: no stage named '{stage_label}'"
-                f"{suggest(stage_label, labels)}; stages: {', '.join(labels)}"
+                f"{suggest(stage_label, labels)}; stage names (their `name` key, default the part of `use` after "
+                f"the dot): {', '.join(labels)}"
             )
         configs[labels[stage_label] - 1]["values"][key] = value
 

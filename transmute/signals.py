@@ -62,9 +62,22 @@ class Normalization:
 class FeatureSpec:
     """Everything needed to compute, interpret or invert a spectrogram.
 
-    Defaults follow HiFi-GAN's mel computation (22.05 kHz, n_fft 1024, hop 256,
-    80 Slaney mel bands from librosa, magnitude, natural log of a 1e-5 floor),
-    which most neural vocoders share.
+    The defaults take HiFi-GAN's mel settings (its meldataset.py), which most
+    neural vocoders share: 22.05 kHz, n_fft = window = 1024 (Hann), hop 256, 80
+    Slaney-normalised mel bands from librosa's filter bank, magnitude (power 1),
+    natural log of max(x, 1e-5).
+
+    What they do not match, so these features are not HiFi-GAN's frame for frame:
+    - Framing. HiFi-GAN reflect-pads (n_fft - hop) / 2 = 384 samples on each side
+      and frames with center=False: its frame t is centred on sample
+      t * hop + hop / 2, and N samples give N // hop frames. Here center=True
+      pads n_fft / 2: frame t is centred on sample t * hop, and N samples give
+      1 + N // hop frames. Centred framing cannot express HiFi-GAN's half-hop
+      offset.
+    - fmax. 0 (the default) means sample_rate / 2; HiFi-GAN's published configs
+      use 8000 Hz (set fmax = 8000).
+    - HiFi-GAN adds 1e-9 under the square root of the magnitude; negligible
+      above the 1e-5 floor.
     """
 
     sample_rate: int = 22050
@@ -312,8 +325,6 @@ class Codes(Signal):
 
     def extent(self, i):
         return tuple(self.sizes[i])
-
-
 
 
 def type_name(t) -> str:

@@ -8,7 +8,7 @@ compute.
 
 Kinds of stage, by what they consume and produce:
 - loader:    consumes File, produces a signal     -> load(path) -> one-item signal
-- generator: consumes None, produces a signal     -> generate(count, start, names) -> batch
+- generator: consumes None, produces a signal     -> generate(count, names) -> batch of len(names) items
 - transform: consumes signals, produces a signal  -> process(batch) -> batch
 - saver:     consumes signals, produces File      -> save(item, path); suffix()
 

@@ -9,7 +9,7 @@ import dataclasses
 from pathlib import Path
 
 from transmute.audio import RESAMPLERS, is_audio_file, read_audio, resample
-from transmute.errors import PipelineError
+from transmute.errors import PipelineError, TransmuteError
 from transmute.signals import FeatureSpec, File, Spectrogram, Waveform, WaveformSpec
 from transmute.stages import Param, Stage
 
@@ -124,21 +124,14 @@ class LogMel(Stage):
                            "(then the settings above are taken from it)"),
     }
 
-    def _model_spec(self) -> FeatureSpec:
-        from transmute.checkpoint import read_metadata, resolve_model
-
-        path = resolve_model(self.spec_from)
-        meta = read_metadata(path)
-        if meta.get("model") == "training-state":
-            raise PipelineError(f"spec_from: {path} is a training-state checkpoint; use the run's model.safetensors")
-        stored = meta.get("feature_spec")
-        if not stored:
-            raise PipelineError(f"spec_from: {path} stores no feature spec")
-        return FeatureSpec.from_dict(stored).replace(normalization=None)
-
     def check(self, incoming: WaveformSpec) -> FeatureSpec:
         if self.spec_from:
-            spec = self._model_spec()
+            from transmute.checkpoint import model_feature_spec
+
+            try:
+                spec = model_feature_spec(self.spec_from).replace(normalization=None)
+            except TransmuteError as exc:
+                raise PipelineError(f"spec_from: {exc}") from None
             if incoming.sample_rate != spec.sample_rate:
                 rate = f"{incoming.sample_rate} Hz" if incoming.sample_rate else "at each file's own rate"
                 raise PipelineError(

@@ -8,6 +8,8 @@ from pathlib import Path
 from transmute.hookspecs import hookimpl
 
 MODELS = Path(__file__).with_name("models")
+# The built-in converter (models/kal-slt.safetensors): the default wherever a converter is asked for.
+DEFAULT_MODEL = "kal-slt"
 
 
 @hookimpl
@@ -19,9 +21,9 @@ def register_stages(register):
 
 @hookimpl
 def register_models(register):
-    path = MODELS / "kal-slt.safetensors"
+    path = MODELS / f"{DEFAULT_MODEL}.safetensors"
     if path.is_file():
-        register("kal-slt", path, "festival kal (male) <-> slt (female), small preset; a2b: kal -> slt")
+        register(DEFAULT_MODEL, path, "festival kal (male) <-> slt (female), small preset; a2b: kal -> slt")
 
 
 @hookimpl

@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from transmute.training import config_from_options, training_options
+from transmute_cyclegan_vc import DEFAULT_MODEL
 
 
 @click.command("cyclegan-vc")
@@ -71,7 +72,7 @@ def _parse_hparams(items, preset: dict) -> dict:
 @click.argument("inputs", nargs=-1, required=True, type=click.Path())
 @click.option("-o", "--output", "outdir", required=True, type=click.Path(file_okay=False),
               help="Folder for the converted files.")
-@click.option("--model", default="kal-slt", show_default=True,
+@click.option("--model", default=DEFAULT_MODEL, show_default=True,
               help="A converter checkpoint (RUN/model.safetensors) or a built-in model name.")
 @click.option("--direction", default="a2b", show_default=True, type=click.Choice(["a2b", "b2a"]),
               help="a2b: speaker A -> B as trained (--a -> --b); b2a: the other way.")

@@ -7,6 +7,12 @@
   wheel: cosine of each converted utterance to the target and source speakers'
   centroids; the share closer to the target.
 - Log-F0 mean and spread of converted versus target speech.
+
+Files are paired by their path relative to their folder, extension aside
+(sub1/x.wav with sub1/x.flac, never with sub2/x.wav). The spectra come from
+transmute.dsp, the project's one STFT. `evaluate()` takes the speaker encoder
+as an argument; the command uses `speaker_encoder()` from this module, which
+tests replace with a cheap stand-in where the real encoder is not under test.
 """
 
 from __future__ import annotations
@@ -17,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import click
+
+from transmute_cyclegan_vc import DEFAULT_MODEL
 
 # Measured at 16 kHz: the festival kal voice has nothing above 8 kHz, and an
 # empty band would dominate the distortion of every comparison with it.
@@ -35,6 +43,14 @@ class MCDVariant:
     frame_period_ms: float = FRAME_PERIOD_MS
     n_fft: int = N_FFT
     sample_rate: int = SAMPLE_RATE
+
+    def spec(self):
+        """The STFT the cepstra are computed from: power spectra, zero-padded centred frames."""
+        from transmute.signals import FeatureSpec
+
+        hop = int(round(self.sample_rate * self.frame_period_ms / 1000))
+        return FeatureSpec(sample_rate=self.sample_rate, n_fft=self.n_fft, hop_length=hop, window="hann",
+                           center=True, pad_mode="constant", n_mels=0, power=2.0, log=False)
 
     def describe(self) -> str:
         return (f"MCD in dB: mel-cepstrum c1..c{self.order} (c0 excluded), all-pass alpha {self.alpha}, "
@@ -63,15 +79,13 @@ def _freqt(c, order: int, alpha: float):
 def mel_cepstrum(audio, variant: MCDVariant):
     """(frames, order+1) mel-cepstra of mono float audio, silent frames dropped."""
     import numpy as np
+    import torch
 
-    hop = int(round(variant.sample_rate * variant.frame_period_ms / 1000))
+    from transmute import dsp
+
     n = variant.n_fft
-    padded = np.pad(audio, (n // 2, n // 2))
-    count = 1 + (len(padded) - n) // hop
-    if count < 1:
-        return np.zeros((0, variant.order + 1))
-    idx = np.arange(n)[None, :] + hop * np.arange(count)[:, None]
-    power = np.abs(np.fft.rfft(padded[idx] * np.hanning(n + 1)[:-1], axis=1)) ** 2
+    spectra, _ = dsp.stft(torch.from_numpy(np.asarray(audio, dtype=np.float64)).unsqueeze(0), variant.spec())
+    power = (spectra[0].abs() ** 2).T.numpy()  # (frames, bins)
     energy_db = 10 * np.log10(power.sum(axis=1) + 1e-12)
     keep = energy_db > energy_db.max() - SILENCE_DB
     log_power = np.log(power[keep] + 1e-10)
@@ -142,17 +156,21 @@ def _read(path: Path):
     return audio[:, 0]
 
 
-def _audio_by_name(folder: Path) -> dict[str, Path]:
+def _audio_by_relative_path(folder: Path) -> dict[str, Path]:
+    """The audio files below folder, by their relative path without extension (e.g. 'sub/x')."""
     from transmute.audio import is_audio_file
+    from transmute.files import discover
 
-    return {p.stem: p for p in sorted(folder.rglob("*")) if p.is_file() and is_audio_file(p)}
+    found, _, _ = discover([str(folder)], is_audio_file)
+    return {found_file.relative.with_suffix("").as_posix(): found_file.path for found_file in found}
 
 
-def _pairs(converted: Path, target: Path) -> list[tuple[Path, Path]]:
-    found = _audio_by_name(target)
-    pairs = [(p, found[name]) for name, p in _audio_by_name(converted).items() if name in found]
+def _pairs(converted: Path, target: Path) -> list[tuple[str, Path, Path]]:
+    """(relative name, converted file, target file) for each converted file with a target at the same place."""
+    found = _audio_by_relative_path(target)
+    pairs = [(name, p, found[name]) for name, p in _audio_by_relative_path(converted).items() if name in found]
     if not pairs:
-        raise click.ClickException(f"no file in {converted} has a same-named file in {target}")
+        raise click.ClickException(f"no file in {converted} has a file at the same relative path in {target}")
     return pairs
 
 
@@ -161,16 +179,16 @@ def evaluate(converted: Path, source: Path, target: Path, direction: str, encode
 
     variant = MCDVariant()
     pairs = _pairs(converted, target)
-    sources = _audio_by_name(source)
+    sources = _audio_by_relative_path(source)
     if encoder is None:
         encoder = speaker_encoder()
     rows, emb = [], {"converted": [], "target": [], "source": []}
     f0 = {"converted": [], "target": [], "source": []}
-    for conv_path, tgt_path in pairs:
-        src_path = sources.get(conv_path.stem)
+    for name, conv_path, tgt_path in pairs:
+        src_path = sources.get(name)
         conv, tgt = _read(conv_path), _read(tgt_path)
         mc_conv, mc_tgt = mel_cepstrum(conv, variant), mel_cepstrum(tgt, variant)
-        row = {"name": conv_path.stem, "mcd": mcd_dtw(mc_conv, mc_tgt)}
+        row = {"name": name, "mcd": mcd_dtw(mc_conv, mc_tgt)}
         signals = {"converted": conv, "target": tgt}
         if src_path is not None:
             src = _read(src_path)
@@ -181,7 +199,7 @@ def evaluate(converted: Path, source: Path, target: Path, direction: str, encode
             f0[key].append(log_f0(audio, SAMPLE_RATE))
         rows.append(row)
     if not emb["source"]:
-        raise click.ClickException(f"no file in {source} has the same name as a converted file")
+        raise click.ClickException(f"no file in {source} is at the same relative path as a converted file")
     centroid = {k: _unit(np.mean(emb[k], axis=0)) for k in ("target", "source")}
     cos_t = np.array([e @ centroid["target"] for e in emb["converted"]])
     cos_s = np.array([e @ centroid["source"] for e in emb["converted"]])
@@ -213,8 +231,8 @@ def speaker_encoder():
             warnings.simplefilter("ignore")
             from resemblyzer import VoiceEncoder, preprocess_wav
     except ImportError as exc:
-        raise click.ClickException(f"speaker similarity needs the resemblyzer package ({exc}); "
-                                   "it is installed with transmute's dev extras") from None
+        raise click.ClickException(f"speaker similarity needs the resemblyzer package ({exc}), one of "
+                                   "transmute's dependencies; reinstall transmute") from None
     encoder = VoiceEncoder("cpu", verbose=False)
 
     def embed(audio):
@@ -227,11 +245,11 @@ def speaker_encoder():
 
 
 @click.command("vc")
-@click.option("--model", default="kal-slt", show_default=True, help="Converter checkpoint or built-in model name.")
+@click.option("--model", default=DEFAULT_MODEL, show_default=True, help="Converter checkpoint or built-in model name.")
 @click.option("--source", "source", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="The source speaker's utterances of the parallel set.")
 @click.option("--target", "target", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
-              help="The target speaker's utterances of the same sentences (same file names).")
+              help="The target speaker's utterances of the same sentences (same relative paths).")
 @click.option("--direction", default="a2b", show_default=True, type=click.Choice(["a2b", "b2a"]))
 @click.option("--converted", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Where converted files go (default: a temporary folder); existing ones are reused.")

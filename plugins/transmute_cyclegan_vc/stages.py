@@ -3,20 +3,22 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
-from transmute.errors import SpecMismatch, TransmuteError
-from transmute.signals import FeatureSpec, Spectrogram, spec_differences
+from transmute.errors import SpecMismatch
+from transmute.signals import FeatureSpec, Normalization, Spectrogram, spec_differences
 from transmute.stages import Param, Stage
 
+from transmute_cyclegan_vc import DEFAULT_MODEL
+
 PLUGIN, MODEL, VERSION = "cyclegan_vc", "converter", "1.0"
-DEFAULT_MODEL = "kal-slt"
 
 
 def load_converter(ref: str, direction: str, device="cpu"):
-    """(generator in eval mode, source stats, target stats, checkpoint) for one direction."""
-    import torch
+    """(generator in eval mode, source Normalization, target Normalization, checkpoint) for one direction.
 
+    The normalisations are the speakers' training statistics; apply them with
+    dsp.normalize / dsp.denormalize.
+    """
     from transmute.checkpoint import load_checkpoint, resolve_model
     from transmute_cyclegan_vc.networks import Generator
 
@@ -31,7 +33,7 @@ def load_converter(ref: str, direction: str, device="cpu"):
 
     def stats(key):
         s = ckpt.extra["stats"][key]
-        return (torch.tensor(s["mean"], device=device).view(-1, 1), torch.tensor(s["std"], device=device).view(-1, 1))
+        return Normalization(s["mean"], s["std"], label=f"speaker {key}")
 
     return net, stats(source), stats(target), ckpt
 
@@ -104,17 +106,10 @@ class Convert(Stage):
         "overlap_frames": Param(int, 32, "frames shared by neighbouring chunks, cross-faded", min=0),
     }
 
-    def model_spec(self) -> FeatureSpec:
-        from transmute.checkpoint import read_metadata, resolve_model
-
-        meta = read_metadata(resolve_model(self.model))
-        if (meta.get("plugin"), meta.get("model")) != (PLUGIN, MODEL):
-            raise TransmuteError(f"model '{self.model}' is a {meta.get('plugin')}/{meta.get('model')} checkpoint, "
-                                 f"not a {PLUGIN} converter")
-        return FeatureSpec.from_dict(meta["feature_spec"])
-
     def check(self, incoming: FeatureSpec) -> FeatureSpec:
-        expected = self.model_spec()
+        from transmute.checkpoint import model_feature_spec
+
+        expected = model_feature_spec(self.model, plugin=PLUGIN, model=MODEL)
         for field, want, got in spec_differences(expected, incoming):
             raise SpecMismatch(field, want, got, f"the model was trained on other features; set "
                                                  f"spec_from = \"{self.model}\" on the audio.logmel stage")
@@ -122,24 +117,20 @@ class Convert(Stage):
 
     def setup(self, device) -> None:
         super().setup(device)
-        self.net, (self.src_mean, self.src_std), (self.tgt_mean, self.tgt_std), _ = load_converter(
-            self.model, self.direction, device
-        )
+        self.net, self.source_norm, self.target_norm, _ = load_converter(self.model, self.direction, device)
 
     def process(self, signal: Spectrogram) -> Spectrogram:
+        from transmute import dsp
+
         converted = []
         # One utterance at a time: instance normalisation sees only that utterance,
         # so a result never depends on what else was in the batch.
         floor = math.log(signal.spec.log_floor)
         for item in signal.items():
-            source = item.data[0].float()
-            y = convert_chunked(self.net, (source - self.src_mean) / self.src_std, self.chunk_frames,
-                                self.overlap_frames)
-            gate = silence_gate(source, floor)
-            y = (y * self.tgt_std + self.tgt_mean) * gate + floor * (1 - gate)
-            converted.append(item.replace(data=y.unsqueeze(0)))
+            source = item.data.float()  # (1, n_mels, frames)
+            normalized = dsp.normalize(source, self.source_norm)[0]
+            y = convert_chunked(self.net, normalized, self.chunk_frames, self.overlap_frames)
+            y = dsp.denormalize(y.unsqueeze(0), self.target_norm)
+            gate = silence_gate(source[0], floor)
+            converted.append(item.replace(data=y * gate + floor * (1 - gate)))
         return Spectrogram.collate(converted)
-
-
-def builtin_model_path() -> Path:
-    return Path(__file__).with_name("models") / f"{DEFAULT_MODEL}.safetensors"
