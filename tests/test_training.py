@@ -12,11 +12,23 @@ import torch
 
 from transmute.checkpoint import Checkpoint, load_checkpoint
 from transmute.errors import TransmuteError
-from transmute.training import Task, TrainConfig, train
+from transmute.training import Task, TrainConfig, TrainingData, train
+
+
+class Points(TrainingData):
+    """64 points on y = 3x - 1; each draw adds noise from the generator it is handed."""
+
+    def items(self):
+        return [f"p{i}" for i in range(64)]
+
+    def load(self, index, rng):
+        x = (index - 32) / 16
+        return torch.tensor([x], dtype=torch.float32), torch.tensor([3 * x - 1 + 0.1 * rng.normal()],
+                                                                    dtype=torch.float32)
 
 
 class Regression(Task):
-    """Fit y = 3x - 1 with a noisy batch drawn from the loop's generator."""
+    """Fit y = 3x - 1 with noisy batches that the loop draws."""
 
     plugin, model, version = "toy", "line", "1.0"
 
@@ -28,6 +40,7 @@ class Regression(Task):
         self.net = torch.nn.Linear(1, 1)
         self.wrapped = ctx.wrap(self.net)
         self.opt = {"sgd": torch.optim.Adam(self.net.parameters(), lr=0.05)}
+        self.sched = {"sgd": torch.optim.lr_scheduler.LambdaLR(self.opt["sgd"], lambda s: 1 / (1 + 0.001 * s))}
 
     def modules(self):
         return {"net": self.net}
@@ -35,9 +48,11 @@ class Regression(Task):
     def optimizers(self):
         return self.opt
 
-    def next_batch(self, generator):
-        x = torch.randn(8, 1, generator=generator)
-        return x, 3 * x - 1 + 0.1 * torch.randn(8, 1, generator=generator)
+    def schedulers(self):
+        return self.sched
+
+    def data(self):
+        return Points()
 
     def train_step(self, batch, step, ctx):
         if step == self.fail_at:
@@ -48,7 +63,7 @@ class Regression(Task):
         loss = ((self.wrapped(x) + noise - y) ** 2).mean()
         loss.backward()
         self.opt["sgd"].step()
-        return {"loss": float(loss.detach())}
+        return {"loss": loss.detach()}
 
     def export(self):
         return Checkpoint(tensors=dict(self.net.state_dict()), plugin="toy", model="line", version="1.0")
@@ -56,7 +71,7 @@ class Regression(Task):
 
 def config(out, steps, **kw):
     return TrainConfig(out=out, steps=steps, checkpoint_every=kw.pop("checkpoint_every", 5), sample_every=0,
-                       log_every=1, progress=False, **kw)
+                       log_every=kw.pop("log_every", 1), progress=False, batch_size=kw.pop("batch_size", 8), **kw)
 
 
 def weights(path):

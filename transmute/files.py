@@ -34,6 +34,33 @@ def atomic_path(path: Path) -> Iterator[Path]:
             tmp.unlink()
 
 
+def remove_stale_temporaries(folder: Path) -> list[Path]:
+    """Remove the temporary files that atomic_path calls left when their process was killed.
+
+    Only files named as atomic_path names them (.NAME.PID.part) whose process
+    is gone are removed; a live writer's file is left alone.
+    """
+    removed = []
+    for tmp in Path(folder).glob(".*.part") if Path(folder).is_dir() else ():
+        pid = tmp.name[: -len(".part")].rsplit(".", 1)[-1]
+        if not pid.isdigit() or (int(pid) != os.getpid() and _alive(int(pid))):
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+            removed.append(tmp)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 @dataclass
 class InputFile:
     path: Path
