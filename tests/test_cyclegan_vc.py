@@ -263,6 +263,58 @@ def test_too_little_audio_and_unreadable_training_files(speakers, tmp_path):
     shutil.copytree(speakers / "low", mixed)
     (mixed / "broken.wav").write_text("not audio")
     result = invoke("train", "cyclegan-vc", "--a", mixed, "--b", speakers / "high", "--preset", "tiny",
-                    "--steps", "2", "--out", tmp_path / "run2")
+                    "--steps", "1", "--out", tmp_path / "run2")
     assert result.exit_code == 0, result.output
     assert f"skipped {mixed / 'broken.wav'}: not a readable audio file" in result.output
+
+
+def test_the_shipped_model_still_loads():
+    from transmute.signals import FeatureSpec
+    from transmute_cyclegan_vc.stages import builtin_model_path, load_converter
+
+    net, (mean, _), _, ckpt = load_converter("kal-slt", "a2b")
+    assert "kind" not in ckpt.feature_spec  # written before specs were tagged: read as a spectrogram's
+    assert isinstance(ckpt.spec(), FeatureSpec) and mean.shape == (80, 1)
+    assert ckpt.path == builtin_model_path()
+    with torch.no_grad():
+        assert net(torch.zeros(1, 80, 16)).shape == (1, 80, 16)
+
+
+def test_a_damaged_converter_is_one_line(model, tmp_path, speakers):
+    damaged = tmp_path / "damaged.safetensors"
+    original = load_checkpoint(model)
+
+    def damage(change, message):
+        ckpt = load_checkpoint(model)
+        change(ckpt)
+        save_checkpoint(damaged, ckpt)
+        result = invoke("convert-voice", speakers / "low", "-o", tmp_path / "out", "--model", damaged)
+        assert result.exit_code == 1 and result.output.count("\n") == 1, result.output
+        assert result.output.startswith("Error: ") and result.output.endswith(f": {damaged}: {message}\n")
+
+    key = "a2b/residual.0.gated.0.weight"
+    damage(lambda c: c.hparams.pop("res_blocks"), "metadata field 'hparams.res_blocks' is missing; the checkpoint "
+           "was made by another version of its plugin or is damaged")
+    damage(lambda c: c.extra["stats"].pop("b"), "metadata field 'extra.stats.b' is missing; the checkpoint was made "
+           "by another version of its plugin or is damaged")
+    damage(lambda c: c.tensors.update({key: torch.zeros(3, 3)}), f"tensor '{key}' has shape [3, 3], the model "
+           f"expects {list(original.tensors[key].shape)}; the checkpoint was made for other model settings")
+    damage(lambda c: c.tensors.pop(key), f"tensor '{key}' is missing; the checkpoint was made for another model "
+           "or is damaged")
+    from transmute_cyclegan_vc.stages import load_converter
+
+    ckpt = load_checkpoint(model)
+    ckpt.feature_spec = {"kind": "images", "mode": "RGB"}
+    save_checkpoint(damaged, ckpt)
+    with pytest.raises(TransmuteError, match=r"damaged.safetensors: metadata field 'feature_spec' must describe a "
+                                             r"spectrogram, got ImageSpec$"):
+        load_converter(str(damaged), "a2b")
+
+
+def test_bad_sample_weights_are_one_line(speakers, tmp_path):
+    weights = tmp_path / "weights.csv"
+    weights.write_text("a/low-0.wav,2\nb/high-1.wav,0\nlow-2.wav,1\n")
+    result = train_tiny(speakers, tmp_path / "run", "--steps", "1", "--sample-weights", weights)
+    assert result.exit_code == 1
+    assert result.output.splitlines()[-1] == (f"Error: {weights}, line 3: no training item is named 'low-2.wav' "
+                                              "(names look like 'a/low-0.wav')")

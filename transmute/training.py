@@ -468,12 +468,15 @@ def precision_setup(precision: str, device) -> Callable[[], Any]:
     return contextlib.nullcontext
 
 
-def _output_error(exc: OSError, what: str, saved: int, state_path: Path) -> TransmuteError:
+def _output_error(exc: OSError, target: Path, what: str, saved: int, state_path: Path) -> TransmuteError:
+    """One line for a failed write (a full disk, a read-only or vanished folder): what, where, what is safe."""
     reason = exc.strerror or one_line(exc)
-    where = exc.filename or what
-    kept = (f"the last good checkpoint (step {saved}) is intact in {state_path}; free space or fix the folder, "
-            "then add --resume" if saved else "no checkpoint was written yet")
-    return TransmuteError(f"{where}: cannot write {what} ({reason}); {kept}")
+    if saved:
+        kept = f"the checkpoint of step {saved}{'' if target == state_path else f' ({state_path})'} is intact; " \
+               "free space or fix the folder, then add --resume"
+    else:
+        kept = "no checkpoint was written yet"
+    return TransmuteError(f"{target}: cannot write {what} ({reason}); {kept}")
 
 
 def train(task: Task, config: TrainConfig, profile: dict | None = None) -> Path:
@@ -573,19 +576,25 @@ def train(task: Task, config: TrainConfig, profile: dict | None = None) -> Path:
                             log.write(json.dumps(line) + "\n")
                             log.flush()
                         except OSError as exc:
-                            raise _output_error(exc, "the training log", saved, state_path) from None
+                            raise _output_error(exc, log_path, "the training log", saved, state_path) from None
                     if rank == 0 and bar is None and config.progress:
                         shown = " ".join(f"{k}={v:.3f}" for k, v in means.items())
                         print(f"step {step}/{config.steps} ({rate:.2f} it/s) {shown}", file=sys.stderr, flush=True)
                     timer.lap("log")
                 if at_checkpoint:
                     if rank == 0:
+                        # State first: if it cannot be written, the model file stays at the same step too.
                         try:
-                            # State first: a failure leaves both files at the last good step.
                             save_state(state_path, task, step, config)
+                        except OSError as exc:
+                            raise _output_error(exc, state_path, f"the checkpoint of step {step}", saved,
+                                                state_path) from None
+                        saved = step
+                        try:
                             save_checkpoint(model_path, task.export())
                         except OSError as exc:
-                            raise _output_error(exc, f"the checkpoint of step {step}", saved, state_path) from None
+                            raise _output_error(exc, model_path, f"the model of step {step}", saved,
+                                                state_path) from None
                     saved = step
                     _barrier(world)
                     timer.lap("checkpoint")
@@ -593,7 +602,8 @@ def train(task: Task, config: TrainConfig, profile: dict | None = None) -> Path:
                     try:
                         task.write_samples(step, run_dir / "samples")
                     except OSError as exc:
-                        raise _output_error(exc, "samples", saved, state_path) from None
+                        raise _output_error(exc, run_dir / "samples", f"the samples of step {step}", saved,
+                                            state_path) from None
                     timer.lap("samples")
     except (KeyboardInterrupt, _Terminated) as stop:
         how = "terminated (SIGTERM)" if isinstance(stop, _Terminated) else "interrupted"
