@@ -59,3 +59,15 @@ def run_python():
 def transmute_cli():
     """transmute_cli(args, path=(), env=None, cwd=None): `python -m transmute ARGS` in a subprocess."""
     return lambda args, path=(), env=None, cwd=None: _run_python(["-m", "transmute", *args], path, env, cwd)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def one_torch_thread():
+    """One torch thread: the tests' tensors are tiny, and where cores are shared (2 cores, several test runs)
+    a second thread only spin-waits -- a tiny training step measured 10x slower with two threads than one."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

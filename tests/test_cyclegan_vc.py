@@ -318,3 +318,15 @@ def test_bad_sample_weights_are_one_line(speakers, tmp_path):
     assert result.exit_code == 1
     assert result.output.splitlines()[-1] == (f"Error: {weights}, line 3: no training item is named 'low-2.wav' "
                                               "(names look like 'a/low-0.wav')")
+
+
+def test_leading_and_trailing_silence_is_trimmed_from_training_audio():
+    from transmute.audio import trim_silence
+
+    y = np.zeros((2 * SR, 2), dtype=np.float32)
+    y[SR // 2 : 3 * SR // 2, 1] = voice(150, 1.0, (500, 1500), 0)  # speech in the second channel only
+    y[:, 0] = 1e-4  # a hum 60 dB down, in the other
+    trimmed = trim_silence(y, top_db=40, frame_length=1024, hop_length=256)
+    speech_starts = int(np.flatnonzero(trimmed[:, 1] != 0)[0])
+    assert speech_starts < 1024 and 0.95 * SR <= len(trimmed) <= SR + 2048  # within a frame of the speech
+    assert trim_silence(np.zeros((100, 1)), 40).shape == (100, 1)  # all silence: kept as it is
