@@ -18,10 +18,12 @@ if str(HERE) not in sys.path:
 import bench_cli_startup  # noqa: E402
 import bench_griffinlim  # noqa: E402
 import bench_mel_inversion  # noqa: E402
+import bench_training_profile  # noqa: E402
 import bench_voice_conversion  # noqa: E402
 import common  # noqa: E402
 
-BENCHMARKS = (bench_griffinlim, bench_mel_inversion, bench_cli_startup, bench_voice_conversion)
+BENCHMARKS = (bench_griffinlim, bench_mel_inversion, bench_cli_startup, bench_voice_conversion,
+              bench_training_profile)
 
 
 def main() -> int:
