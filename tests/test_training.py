@@ -337,7 +337,8 @@ def test_a_fresh_start_after_a_kill_before_the_first_checkpoint_starts_a_fresh_l
     assert steps == list(range(1, 11))
 
 
-def test_sigterm_stops_like_ctrl_c(tmp_path):
+@pytest.mark.parametrize("workers", [0, 1])
+def test_sigterm_stops_like_ctrl_c(tmp_path, workers):
     import signal
 
     class Terminated(Regression):
@@ -349,7 +350,7 @@ def test_sigterm_stops_like_ctrl_c(tmp_path):
     before = signal.getsignal(signal.SIGTERM)
     with pytest.raises(TransmuteError, match=r"^terminated \(SIGTERM\) at step 7; the last checkpoint \(step 5\) "
                                              r"is in .*last.safetensors \(add --resume to continue\)$"):
-        train(Terminated(), config(tmp_path / "run", 20))
+        train(Terminated(), config(tmp_path / "run", 20, workers=workers))
     assert signal.getsignal(signal.SIGTERM) == before
     assert load_checkpoint(tmp_path / "run" / "checkpoints" / "last.safetensors").extra["step"] == 5
 

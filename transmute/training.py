@@ -543,8 +543,8 @@ def train(task: Task, config: TrainConfig, profile: dict | None = None) -> Path:
     timer.lap("start")
     stream = None
     try:
+        stream = iter(loader)  # starts the workers, which keep the default SIGTERM action
         with _sigterm_stops():
-            stream = iter(loader)
             while step < config.steps:
                 batch = next(stream)
                 if isinstance(batch, _Failed):

@@ -214,8 +214,8 @@ class CycleGANVCTask(Task):
     # ---------------------------------------------------------------- step
     def train_step(self, batch, step: int, ctx: Context) -> dict[str, torch.Tensor]:
         run = self.run
-        a, b = batch["a"].to(ctx.device), batch["b"].to(ctx.device)
-        ma, mb = batch["mask_a"].to(ctx.device), batch["mask_b"].to(ctx.device)
+        # The loop pins batches in memory on a GPU: the copies overlap with compute.
+        a, b, ma, mb = (batch[k].to(ctx.device, non_blocking=True) for k in ("a", "b", "mask_a", "mask_b"))
         use_identity = step < self.h["identity_until"]
 
         # Generators: adversarial (one- and two-step), cycle-consistency, identity.
