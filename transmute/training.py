@@ -750,8 +750,13 @@ def parse_hparams(items, preset: dict) -> dict:
 
 
 def config_from_options(options: dict, preset: dict) -> TrainConfig:
-    """A TrainConfig from training_options' values and a preset; config.hparams is the preset with the
-    --hparam overrides and the run's steps and batch size."""
+    """A TrainConfig from training_options' values and a preset.
+
+    The preset holds the family's settings, including steps, batch_size,
+    checkpoint_every and sample_every (the defaults of those options);
+    config.hparams is the preset with the --hparam overrides and the run's
+    steps and batch size.
+    """
     hparams = dict(preset, **parse_hparams(options.get("hparams", ()), preset))
     keys = ("steps", "batch_size", "checkpoint_every", "sample_every")
     chosen = {k: options.get(k) if options.get(k) is not None else hparams[k] for k in keys}
