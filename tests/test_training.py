@@ -355,6 +355,26 @@ def test_sigterm_stops_like_ctrl_c(tmp_path, workers):
     assert load_checkpoint(tmp_path / "run" / "checkpoints" / "last.safetensors").extra["step"] == 5
 
 
+def test_a_killed_data_worker_is_one_line(tmp_path):
+    import signal
+
+    class Doomed(Points):
+        def load(self, index, rng):
+            if torch.utils.data.get_worker_info() is not None and index == 0:
+                os.kill(os.getpid(), signal.SIGKILL)  # the out-of-memory killer, say
+            return super().load(index, rng)
+
+    class Failing(Regression):
+        def data(self):
+            return Doomed()
+
+    # The reason depends on when it dies: the DataLoader's report ('DataLoader worker (pid N) is killed by
+    # signal: Killed', '... exited unexpectedly') or the broken hand-over of a batch (a reset connection, EOF).
+    with pytest.raises(TransmuteError, match=r"^a data worker died \(.+\) at step \d+; .*\(add --resume to "
+                                             r"continue\)$"):
+        train(Failing(), config(tmp_path / "run", 200, workers=1))
+
+
 def test_a_checkpoint_of_another_shape_or_lacking_fields_is_one_line(tmp_path):
     class Wider(Regression):
         def setup(self, ctx):

@@ -302,7 +302,14 @@ def batches(data: TrainingData, config: TrainConfig, start: int, rank: int = 0, 
     # RNG, whose state a checkpoint restores (items are seeded per draw; the base seed is unused).
     return DataLoader(draws, batch_sampler=sampler, num_workers=config.workers, collate_fn=draws.collate,
                       pin_memory=pin_memory, prefetch_factor=4 if config.workers else None,
-                      generator=torch.Generator().manual_seed(config.seed))
+                      generator=torch.Generator().manual_seed(config.seed), worker_init_fn=_worker_ignores_sigterm)
+
+
+def _worker_ignores_sigterm(worker_id: int) -> None:
+    """A SIGTERM sent to the whole process group (a batch scheduler stopping a job) stops the main process,
+    which then shuts the workers down; a worker killed first would make the DataLoader fail with a traceback.
+    A worker whose main process is gone exits by itself (the DataLoader's watchdog)."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 # --------------------------------------------------------------------------- state
@@ -399,6 +406,21 @@ def _distributed():
 
 class _Terminated(BaseException):
     """SIGTERM arrived: stop like Ctrl-C."""
+
+
+class _WorkerDied(Exception):
+    """A data worker process was killed (the out-of-memory killer, SIGKILL): stop like Ctrl-C."""
+
+
+def _next_batch(stream, workers: int):
+    try:
+        return next(stream)
+    except (RuntimeError, OSError, EOFError) as exc:
+        # A dead worker surfaces as the DataLoader's RuntimeError, or as a broken connection (reset, EOF)
+        # when it died while handing over a batch. An error raised inside a worker's load() ("Caught ...") is not this.
+        if not workers or str(exc).startswith("Caught "):
+            raise
+        raise _WorkerDied(one_line(exc).removeprefix("RuntimeError: ").rstrip(". ")) from None
 
 
 @contextlib.contextmanager
@@ -546,7 +568,7 @@ def train(task: Task, config: TrainConfig, profile: dict | None = None) -> Path:
         stream = iter(loader)  # starts the workers, which keep the default SIGTERM action
         with _sigterm_stops():
             while step < config.steps:
-                batch = next(stream)
+                batch = _next_batch(stream, config.workers)
                 if isinstance(batch, _Failed):
                     raise TransmuteError(batch.message)
                 timer.lap("data")
@@ -605,13 +627,19 @@ def train(task: Task, config: TrainConfig, profile: dict | None = None) -> Path:
                         raise _output_error(exc, run_dir / "samples", f"the samples of step {step}", saved,
                                             state_path) from None
                     timer.lap("samples")
-    except (KeyboardInterrupt, _Terminated) as stop:
-        how = "terminated (SIGTERM)" if isinstance(stop, _Terminated) else "interrupted"
+    except (KeyboardInterrupt, _Terminated, _WorkerDied, RuntimeError) as stop:
+        if isinstance(stop, RuntimeError):
+            if not str(stop).startswith("DataLoader worker"):
+                raise
+            stop = _WorkerDied(str(stop).rstrip(". "))  # the DataLoader's SIGCHLD handler, between batches
+        how = {_Terminated: "terminated (SIGTERM)", KeyboardInterrupt: "interrupted"}.get(
+            type(stop), f"a data worker died ({stop})")
         where = f"the last checkpoint (step {saved}) is in {state_path}" if saved else "no checkpoint was written yet"
         raise TransmuteError(f"{how} at step {step}; {where} (add --resume to continue)") from None
     finally:
         if stream is not None and hasattr(stream, "_shutdown_workers"):
-            stream._shutdown_workers()  # now, not whenever the iterator is collected
+            with contextlib.suppress(Exception):  # a worker may be dead already
+                stream._shutdown_workers()  # now, not whenever the iterator is collected
         if bar is not None:
             bar.close()
         if log is not None:
