@@ -184,6 +184,7 @@ def test_ranks_take_slices_of_one_global_batch():
     assert [a + b for a, b in zip(*ranks)] == whole
     assert whole[1] == list(StepSampler(domains, batch_size=4, seed=3, start=6, stop=7))[0]  # resume at step 6
     assert len({index for batch in whole for index, _ in batch}) > 4
+    assert list(StepSampler(domains, batch_size=4, seed=-1, start=0, stop=1)) != whole[:1]  # any --seed works
 
 
 def test_sample_weights_choose_what_is_drawn_and_bad_files_are_one_line(tmp_path):

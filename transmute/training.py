@@ -265,7 +265,8 @@ class StepSampler:
     def __init__(self, domains: dict, batch_size: int, seed: int, start: int, stop: int, rank: int = 0,
                  world_size: int = 1, weights: dict | None = None):
         self.sizes = {domain: len(names) for domain, names in domains.items()}
-        self.batch_size, self.seed, self.start, self.stop = batch_size, seed, start, stop
+        self.seed = seed % 2**63  # numpy's seed sequences take no negative numbers (--seed -1)
+        self.batch_size, self.start, self.stop = batch_size, start, stop
         self.rank, self.world_size, self.weights = rank, world_size, weights or {}
 
     def __len__(self) -> int:
