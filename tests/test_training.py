@@ -393,12 +393,23 @@ def test_a_checkpoint_of_another_shape_or_lacking_fields_is_one_line(tmp_path):
         train(Wider(), config(run, 10, resume=True))
     ckpt = load_checkpoint(state)
     del ckpt.tensors["model/net/bias"]
-    ckpt.extra.pop("schedulers")
+    ckpt.extra["optimizers"].pop("sgd")
     save_checkpoint(state, ckpt)
     with pytest.raises(CheckpointError, match=r"tensor 'model/net/bias' is missing; the checkpoint was made for "
                                               r"another model or is damaged"):
         train(Regression(), config(run, 10, resume=True))
     ckpt.tensors["model/net/bias"] = torch.zeros(1)
     save_checkpoint(state, ckpt)
-    with pytest.raises(CheckpointError, match=r"metadata field 'extra.schedulers' is missing"):
+    with pytest.raises(CheckpointError, match=r"metadata field 'extra.optimizers.sgd' is missing"):
         train(Regression(), config(run, 10, resume=True))
+
+
+def test_a_state_saved_before_schedulers_were_resumes_on_its_schedule(tmp_path):
+    straight = weights(train(Regression(), config(tmp_path / "a", 10)))
+    train(Regression(), config(tmp_path / "b", 5))
+    state = tmp_path / "b" / "checkpoints" / "last.safetensors"
+    ckpt = load_checkpoint(state)
+    ckpt.extra.pop("schedulers")
+    save_checkpoint(state, ckpt)
+    resumed = weights(train(Regression(), config(tmp_path / "b", 10, resume=True)))
+    assert all(torch.equal(straight[k], resumed[k]) for k in straight)

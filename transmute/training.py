@@ -387,7 +387,10 @@ def load_state(path: Path, task: Task) -> int:
         except (ValueError, KeyError, RuntimeError) as exc:
             raise CheckpointError(f"{path}: optimizer '{name}' does not fit this model ({one_line(exc)})") from None
     for name, scheduler in task.schedulers().items():
-        scheduler.load_state_dict(dict(ckpt.need("extra", "schedulers", name)))
+        if "schedulers" not in ckpt.extra and isinstance(scheduler, LambdaLR):
+            scheduler.last_epoch = step  # a state saved before schedulers were: its function gives the rate
+        else:
+            scheduler.load_state_dict(dict(ckpt.need("extra", "schedulers", name)))
         if isinstance(scheduler, LambdaLR):
             # Rates from the schedule's function at this step (it may now end later: a longer --steps).
             for group, base, fn in zip(scheduler.optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
