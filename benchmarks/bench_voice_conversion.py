@@ -57,10 +57,11 @@ def convert_speed() -> list[common.Row]:
 
 
 def training_speed() -> list[common.Row]:
+    import numpy as np
     import torch
 
     from transmute.signals import Normalization
-    from transmute.training import Context
+    from transmute.training import Context, StepSampler, precision_setup
     from transmute_cyclegan_vc.networks import PRESETS, Discriminator, Generator, count_parameters
     from transmute_cyclegan_vc.task import CycleGANVCTask
 
@@ -73,18 +74,19 @@ def training_speed() -> list[common.Row]:
     features = {k: [torch.randn(80, 400, generator=random) for _ in range(8)] for k in ("a", "b")}
     unit = Normalization(mean=(0.0,), std=(1.0,))
     task = CycleGANVCTask(features, {"a": unit, "b": unit}, preset)
-    ctx = Context(device=device)
-    if gpu:
-        ctx.autocast = lambda: torch.autocast("cuda", dtype=torch.bfloat16)
+    ctx = Context(device=device, autocast=precision_setup("auto", device))  # the loop's default precision
     task.setup(ctx)
-    generator = torch.Generator().manual_seed(0)
+    data = task.data()
+    draws = StepSampler(data.items(), h["batch_size"], seed=0, start=0, stop=3 + TRAIN_STEPS)
+    loaded = (data.collate([data.load(index, np.random.default_rng(seed)) for index, seed in batch])
+              for batch in draws)
     for step in range(3):  # warm-up
-        task.train_step(task.next_batch(generator), step, ctx)
+        task.train_step(next(loaded), step, ctx)
     if gpu:
         torch.cuda.synchronize()
     start = time.perf_counter()
     for step in range(TRAIN_STEPS):
-        task.train_step(task.next_batch(generator), step, ctx)
+        task.train_step(next(loaded), step, ctx)
     if gpu:
         torch.cuda.synchronize()
     rate = TRAIN_STEPS / (time.perf_counter() - start)

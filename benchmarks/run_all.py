@@ -19,11 +19,12 @@ import bench_cli_startup  # noqa: E402
 import bench_griffinlim  # noqa: E402
 import bench_image_memory  # noqa: E402
 import bench_mel_inversion  # noqa: E402
+import bench_training_profile  # noqa: E402
 import bench_voice_conversion  # noqa: E402
 import common  # noqa: E402
 
 BENCHMARKS = (bench_griffinlim, bench_mel_inversion, bench_cli_startup, bench_voice_conversion,
-              bench_image_memory)
+              bench_image_memory, bench_training_profile)
 
 
 def main() -> int:

@@ -118,3 +118,29 @@ def test_model_feature_spec_checks_the_maker_and_needs_a_spec(tmp_path):
         model_feature_spec(make(tmp_path / "bare.safetensors", feature_spec=None))
     with pytest.raises(CheckpointError, match=r"is a training-state checkpoint; use the run's model.safetensors"):
         model_feature_spec(make(tmp_path / "state.safetensors", model="training-state"))
+
+
+def test_the_feature_spec_is_tagged_with_its_kind_and_old_untagged_specs_still_read(tmp_path):
+    from transmute.signals import ImageSpec
+
+    images = ImageSpec("RGB", (-1, 1))
+    path = make(tmp_path / "images.safetensors", feature_spec=images)
+    ckpt = load_checkpoint(path)
+    assert ckpt.feature_spec == {"kind": "images", "mode": "RGB", "value_range": [-1.0, 1.0]}
+    assert ckpt.spec() == images and ImageSpec.from_dict(ckpt.feature_spec) == images
+    untagged = {k: v for k, v in FeatureSpec(n_mels=64).to_dict().items() if k != "kind"}  # before specs had kinds
+    assert load_checkpoint(make(tmp_path / "old.safetensors", feature_spec=untagged)).spec() == FeatureSpec(n_mels=64)
+    with pytest.raises(ValueError, match=r"a 'images' spec, not a 'spectrogram' spec"):
+        FeatureSpec.from_dict(images.to_dict())
+    odd = load_checkpoint(make(tmp_path / "odd.safetensors", feature_spec={"kind": "smell"}))
+    with pytest.raises(CheckpointError, match=r"odd.safetensors: metadata field 'feature_spec': unknown spec kind "
+                                              r"'smell'; this transmute knows waveform, spectrogram, images, codes"):
+        odd.spec()
+
+
+def test_missing_metadata_fields_are_named(tmp_path):
+    ckpt = load_checkpoint(make(tmp_path / "model.safetensors"))
+    assert ckpt.need("hparams", "width") == 16
+    with pytest.raises(CheckpointError, match=r"model.safetensors: metadata field 'extra.stats' is missing; the "
+                                              r"checkpoint was made by another version of its plugin or is damaged"):
+        ckpt.need("extra", "stats", "a")

@@ -1,5 +1,6 @@
 """CycleGAN-VC: training on two synthetic speakers, conversion, chunking, bad input, evaluation."""
 
+import json
 import shutil
 
 import numpy as np
@@ -31,7 +32,7 @@ def voice(f0, seconds, formants, seed):
     return (0.3 * y / np.abs(y).max() * envelope).astype(np.float32)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def speakers(tmp_path_factory):
     root = tmp_path_factory.mktemp("speakers")
     for name, f0, formants in (("low", 110, (700, 1200)), ("high", 230, (400, 2300))):
@@ -52,35 +53,57 @@ def train_tiny(speakers, out, *extra):
                   "--out", out, *extra)
 
 
-@pytest.fixture(scope="module")
+# One short run serves every test that needs a trained model; its learning rate
+# decays from step 4 so that the schedule is exercised too.
+RUN = ("--steps", "8", "--checkpoint-every", "4", "--sample-every", "8", "--hparam", "decay_from=4")
+
+
+@pytest.fixture(scope="session")
 def model(speakers, tmp_path_factory):
     out = tmp_path_factory.mktemp("run") / "run"
-    result = train_tiny(speakers, out, "--steps", "12", "--checkpoint-every", "6", "--sample-every", "12")
+    result = train_tiny(speakers, out, *RUN)
     assert result.exit_code == 0, result.output
     return out / "model.safetensors"
 
 
-def test_training_writes_model_samples_and_log(model):
+def test_training_writes_model_samples_log_and_schedule(model):
     run = model.parent
     ckpt = load_checkpoint(model, plugin="cyclegan_vc", model="converter", version="1.0")
     assert {k.split("/")[0] for k in ckpt.tensors} == {"a2b", "b2a"}
     assert ckpt.extra["speakers"] == {"a": "low", "b": "high"}
-    assert len(ckpt.extra["stats"]["a"]["mean"]) == 80 and ckpt.feature_spec["n_mels"] == 80
+    assert len(ckpt.extra["stats"]["a"]["mean"]) == 80
+    assert ckpt.feature_spec["kind"] == "spectrogram" and ckpt.spec().n_mels == 80
     names = sorted(p.name for p in (run / "samples").iterdir())
-    assert names == ["step0000012-a2b.png", "step0000012-a2b.wav", "step0000012-b2a.png", "step0000012-b2a.wav"]
-    audio, sr = sf.read(run / "samples" / "step0000012-a2b.wav")
+    assert names == ["step0000008-a2b.png", "step0000008-a2b.wav", "step0000008-b2a.png", "step0000008-b2a.wav"]
+    audio, sr = sf.read(run / "samples" / "step0000008-a2b.wav")
     assert sr == SR and np.isfinite(audio).all() and len(audio) > SR // 2
-    assert len((run / "log.jsonl").read_text().splitlines()) == 2
+    log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert [line["step"] for line in log] == [4, 8] and all(np.isfinite(line["cycle"]) for line in log)
+    state = load_checkpoint(run / "checkpoints" / "last.safetensors")
+    # The schedule is the checkpoint's: linear from step 4 to zero at step 8.
+    assert state.extra["schedulers"]["g"]["last_epoch"] == 8
+    assert state.extra["optimizers"]["g"]["param_groups"][0]["lr"] == 0.0
+    assert state.extra["optimizers"]["d"]["param_groups"][0]["lr"] == 0.0
+    assert not [k for k in state.tensors if k.startswith("rng/data")]
 
 
-def test_resume_matches_an_uninterrupted_run(speakers, tmp_path):
-    assert train_tiny(speakers, tmp_path / "straight", "--steps", "8", "--checkpoint-every", "4").exit_code == 0
-    assert train_tiny(speakers, tmp_path / "split", "--steps", "4", "--checkpoint-every", "4").exit_code == 0
-    result = train_tiny(speakers, tmp_path / "split", "--steps", "8", "--checkpoint-every", "4", "--resume")
+def test_resume_with_workers_matches_an_uninterrupted_run(model, speakers, tmp_path):
+    # Half the run in two worker processes, the rest in the main one: the same batches, the same weights.
+    half = ("--steps", "4") + RUN[2:]
+    assert train_tiny(speakers, tmp_path / "split", *half, "--workers", "2").exit_code == 0
+    result = train_tiny(speakers, tmp_path / "split", *RUN, "--resume")
     assert result.exit_code == 0, result.output
-    a = load_checkpoint(tmp_path / "straight" / "model.safetensors").tensors
+    a = load_checkpoint(model).tensors
     b = load_checkpoint(tmp_path / "split" / "model.safetensors").tensors
     assert all(torch.equal(a[k], b[k]) for k in a)
+    # A longer run follows the decay to the new end: step 10 of 12 (index 9) runs at 1 - 5/8 of the base
+    # rate, where the 8-step run had reached zero.
+    result = train_tiny(speakers, tmp_path / "split", "--steps", "12", *RUN[2:], "--resume")
+    assert result.exit_code == 0, result.output
+    log = {line["step"]: line for line in map(json.loads, (tmp_path / "split" / "log.jsonl").read_text().splitlines())}
+    assert sorted(log) == [4, 8, 10, 12]
+    assert log[8]["lr/g"] == pytest.approx(2e-4 * (1 - 3 / 4)) and log[8]["lr/d"] == pytest.approx(1e-4 * (1 - 3 / 4))
+    assert log[10]["lr/g"] == pytest.approx(2e-4 * (1 - 5 / 8)) and log[12]["lr/g"] == pytest.approx(2e-4 / 8)
 
 
 def test_convert_voice_both_directions_keeps_length(model, speakers, tmp_path):
@@ -242,6 +265,71 @@ def test_too_little_audio_and_unreadable_training_files(speakers, tmp_path):
     shutil.copytree(speakers / "low", mixed)
     (mixed / "broken.wav").write_text("not audio")
     result = invoke("train", "cyclegan-vc", "--a", mixed, "--b", speakers / "high", "--preset", "tiny",
-                    "--steps", "2", "--out", tmp_path / "run2")
+                    "--steps", "1", "--out", tmp_path / "run2")
     assert result.exit_code == 0, result.output
     assert f"skipped {mixed / 'broken.wav'}: not a readable audio file" in result.output
+
+
+def test_the_shipped_model_still_loads():
+    from transmute.signals import FeatureSpec
+    from transmute_cyclegan_vc import DEFAULT_MODEL, MODELS
+    from transmute_cyclegan_vc.stages import load_converter
+
+    net, source_norm, _, ckpt = load_converter(DEFAULT_MODEL, "a2b")
+    assert "kind" not in ckpt.feature_spec  # written before specs were tagged: read as a spectrogram's
+    assert isinstance(ckpt.spec(), FeatureSpec) and len(source_norm.mean) == 80
+    assert ckpt.path == MODELS / f"{DEFAULT_MODEL}.safetensors"
+    with torch.no_grad():
+        assert net(torch.zeros(1, 80, 16)).shape == (1, 80, 16)
+
+
+def test_a_damaged_converter_is_one_line(model, tmp_path, speakers):
+    damaged = tmp_path / "damaged.safetensors"
+    original = load_checkpoint(model)
+
+    def damage(change, message):
+        ckpt = load_checkpoint(model)
+        change(ckpt)
+        save_checkpoint(damaged, ckpt)
+        result = invoke("convert-voice", speakers / "low", "-o", tmp_path / "out", "--model", damaged)
+        assert result.exit_code == 1 and result.output.count("\n") == 1, result.output
+        assert result.output.startswith("Error: ") and result.output.endswith(f": {damaged}: {message}\n")
+
+    key = "a2b/residual.0.gated.0.weight"
+    damage(lambda c: c.hparams.pop("res_blocks"), "metadata field 'hparams.res_blocks' is missing; the checkpoint "
+           "was made by another version of its plugin or is damaged")
+    damage(lambda c: c.extra["stats"].pop("b"), "metadata field 'extra.stats.b' is missing; the checkpoint was made "
+           "by another version of its plugin or is damaged")
+    damage(lambda c: c.tensors.update({key: torch.zeros(3, 3)}), f"tensor '{key}' has shape [3, 3], the model "
+           f"expects {list(original.tensors[key].shape)}; the checkpoint was made for other model settings")
+    damage(lambda c: c.tensors.pop(key), f"tensor '{key}' is missing; the checkpoint was made for another model "
+           "or is damaged")
+    from transmute_cyclegan_vc.stages import load_converter
+
+    ckpt = load_checkpoint(model)
+    ckpt.feature_spec = {"kind": "images", "mode": "RGB"}
+    save_checkpoint(damaged, ckpt)
+    with pytest.raises(TransmuteError, match=r"damaged.safetensors: metadata field 'feature_spec' must describe a "
+                                             r"spectrogram, got ImageSpec$"):
+        load_converter(str(damaged), "a2b")
+
+
+def test_bad_sample_weights_are_one_line(speakers, tmp_path):
+    weights = tmp_path / "weights.csv"
+    weights.write_text("a/low-0.wav,2\nb/high-1.wav,0\nlow-2.wav,1\n")
+    result = train_tiny(speakers, tmp_path / "run", "--steps", "1", "--sample-weights", weights)
+    assert result.exit_code == 1
+    assert result.output.splitlines()[-1] == (f"Error: {weights}, line 3: no training item is named 'low-2.wav' "
+                                              "(names look like 'a/low-0.wav')")
+
+
+def test_leading_and_trailing_silence_is_trimmed_from_training_audio():
+    from transmute.audio import trim_silence
+
+    y = np.zeros((2 * SR, 2), dtype=np.float32)
+    y[SR // 2 : 3 * SR // 2, 1] = voice(150, 1.0, (500, 1500), 0)  # speech in the second channel only
+    y[:, 0] = 1e-4  # a hum 60 dB down, in the other
+    trimmed = trim_silence(y, top_db=40, frame_length=1024, hop_length=256)
+    speech_starts = int(np.flatnonzero(trimmed[:, 1] != 0)[0])
+    assert speech_starts < 1024 and 0.95 * SR <= len(trimmed) <= SR + 2048  # within a frame of the speech
+    assert trim_silence(np.zeros((100, 1)), 40).shape == (100, 1)  # all silence: kept as it is

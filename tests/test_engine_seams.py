@@ -12,6 +12,7 @@ from transmute.cli import cli
 
 def test_a_voice_conversion_run_reads_the_model_header_once(tmp_path, monkeypatch):
     import safetensors
+    import safetensors.torch  # noqa: F401 - bound to the real safe_open before the patch: tensor loads are not header reads
 
     reads = Counter()
     real_open = safetensors.safe_open

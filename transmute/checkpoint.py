@@ -2,12 +2,19 @@
 
     {"format": "transmute.checkpoint", "format_version": 1,
      "plugin": "cyclegan_vc", "model": "generator", "version": "1.0",
-     "hparams": {...}, "feature_spec": {...} or null, "extra": {...}}
+     "hparams": {...}, "feature_spec": {"kind": "spectrogram", ...} or null, "extra": {...}}
 
 Weights and metadata live in one file, written atomically. Loading never
 unpickles: safetensors holds plain tensors, the metadata is JSON. A checkpoint
 from another plugin or model, or from an incompatible major version, is refused
-with a message that names the file and both values.
+with a message that names the file and both values. The feature spec is tagged
+with its kind (transmute.signals.TaggedSpec); an untagged one, written before
+specs were tagged, is read as a spectrogram's.
+
+A checkpoint that is valid safetensors but lacks a metadata field or a tensor,
+or holds a tensor of the wrong shape, is refused in one line naming the file
+and the field or tensor (`Checkpoint.need`, `load_weights`), never with a
+KeyError or a state-dict dump.
 """
 
 from __future__ import annotations
@@ -37,6 +44,28 @@ class Checkpoint:
     extra: dict = field(default_factory=dict)
     path: Path | None = None
 
+    def spec(self):
+        """The feature spec as a spec object (FeatureSpec, ImageSpec, ...), or None."""
+        from transmute.signals import spec_from_dict
+
+        if self.feature_spec is None:
+            return None
+        try:
+            return spec_from_dict(self.feature_spec)
+        except (ValueError, TypeError) as exc:
+            raise CheckpointError(f"{self.path}: metadata field 'feature_spec': {exc}") from None
+
+    def need(self, section: str, *keys: str):
+        """A metadata value, e.g. need("hparams", "res_blocks"); a missing one is a one-line error naming it."""
+        value: Any = getattr(self, section)
+        for depth, key in enumerate(keys):
+            if not isinstance(value, dict) or key not in value:
+                name = ".".join((section, *keys[: depth + 1]))
+                raise CheckpointError(f"{self.path}: metadata field '{name}' is missing; the checkpoint was made "
+                                      "by another version of its plugin or is damaged")
+            value = value[key]
+        return value
+
     def metadata(self) -> dict:
         return {
             "format": FORMAT, "format_version": FORMAT_VERSION, "plugin": self.plugin,
@@ -50,7 +79,10 @@ def save_checkpoint(path: str | Path, checkpoint: Checkpoint) -> Path:
 
     path = Path(path)
     tensors = {k: v.detach().contiguous().cpu() for k, v in checkpoint.tensors.items()}
-    header = {_META_KEY: json.dumps(checkpoint.metadata(), sort_keys=True)}
+    meta = checkpoint.metadata()
+    if meta["feature_spec"] is not None and not isinstance(meta["feature_spec"], dict):
+        meta["feature_spec"] = meta["feature_spec"].to_dict()  # a spec object: stored tagged with its kind
+    header = {_META_KEY: json.dumps(meta, sort_keys=True)}
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=header)
     return path
@@ -128,7 +160,7 @@ def model_feature_spec(ref: str | Path, plugin: str | None = None, model: str | 
 
     With plugin/model given, a checkpoint made by anything else is refused.
     """
-    from transmute.signals import FeatureSpec
+    from transmute.signals import FeatureSpec, spec_from_dict
     from transmute.training import STATE_MODEL
 
     path = resolve_model(ref)
@@ -142,7 +174,13 @@ def model_feature_spec(ref: str | Path, plugin: str | None = None, model: str | 
     stored = meta.get("feature_spec")
     if not stored:
         raise CheckpointError(f"{path} stores no feature spec")
-    return FeatureSpec.from_dict(stored)
+    try:
+        spec = spec_from_dict(stored)
+    except (ValueError, TypeError) as exc:
+        raise CheckpointError(f"{path}: metadata field 'feature_spec': {exc}") from None
+    if not isinstance(spec, FeatureSpec):
+        raise CheckpointError(f"{path}: the model was trained on {type(spec).__name__} signals, not on spectrograms")
+    return spec
 
 
 def _major(version: str) -> str:
@@ -182,3 +220,34 @@ def load_checkpoint(
         version=str(meta.get("version", "")), hparams=meta.get("hparams") or {},
         feature_spec=meta.get("feature_spec"), extra=meta.get("extra") or {}, path=path,
     )
+
+
+def load_weights(module, tensors: dict, source, prefix: str = "", dtype=None) -> None:
+    """Load the tensors under `prefix` into `module`, or say in one line which tensor is wrong.
+
+    A missing, unexpected or differently shaped tensor is named with the file
+    and both shapes (a checkpoint from another preset or a damaged file), where
+    torch's load_state_dict would dump every key.
+    """
+    state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+    own = module.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    wrong = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+
+    def more(found: list) -> str:
+        return f" (and {len(found) - 1} more)" if len(found) > 1 else ""
+
+    if wrong:
+        k = wrong[0]
+        raise CheckpointError(f"{source}: tensor '{prefix}{k}' has shape {list(state[k].shape)}, the model expects "
+                              f"{list(own[k].shape)}{more(wrong)}; the checkpoint was made for other model settings")
+    if missing:
+        raise CheckpointError(f"{source}: tensor '{prefix}{missing[0]}' is missing{more(missing)}; the checkpoint "
+                              "was made for another model or is damaged")
+    if unexpected:
+        raise CheckpointError(f"{source}: unexpected tensor '{prefix}{unexpected[0]}'{more(unexpected)}; the "
+                              "checkpoint was made for another model")
+    if dtype is not None:
+        state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
+    module.load_state_dict(state)

@@ -312,6 +312,25 @@ def mel_to_linear(mel: torch.Tensor, spec: FeatureSpec, n_iter: int = 32) -> tor
     return lin
 
 
+def linear_magnitude(feats: torch.Tensor, spec: FeatureSpec, mel_iters: int = 32) -> torch.Tensor:
+    """Any spectrogram `spec` describes (normalised, log, mel, power) -> the linear magnitude Griffin-Lim needs."""
+    x = to_linear_scale(feats, spec)
+    if spec.is_mel:
+        return mel_to_linear(x, spec, mel_iters)
+    return x if spec.power == 1.0 else x.clamp_min(0) ** (1.0 / spec.power)
+
+
+def mel_to_audio(feats: torch.Tensor, spec: FeatureSpec, n_iter: int = 32, mel_iters: int = 32,
+                 names: Sequence[str] | None = None, **griffin_lim_options) -> torch.Tensor:
+    """(batch, bins, frames) features as `spec` describes -> (batch, samples) audio.
+
+    The resynthesize pipeline's vocoder in one call (audio.mel_to_linear, then
+    audio.griffinlim): NNLS mel inversion and fast Griffin-Lim.
+    """
+    return griffin_lim(linear_magnitude(feats, spec, mel_iters), spec, n_iter=n_iter, names=names,
+                       **griffin_lim_options)
+
+
 # --------------------------------------------------------------------------- Griffin-Lim
 
 

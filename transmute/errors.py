@@ -40,6 +40,22 @@ class SpecMismatch(PipelineError):
         super().__init__(message)
 
 
+class OutputError(TransmuteError, OSError):
+    """A file or folder that could not be written, with the user's path and the reason in words.
+
+    An OSError too, so code that guards its writes with `except OSError` (the
+    training loop keeps its last checkpoint safe that way) catches it whether
+    the writer's own error or atomic_path's came first.
+    """
+
+    def __init__(self, message: str, reason: str, errno: int | None = None):
+        super().__init__(errno or 0, reason)
+        self.message, self.reason = message, reason
+
+    def __str__(self) -> str:
+        return self.message
+
+
 def os_reason(exc: OSError) -> str:
     """What went wrong, in the words users know: 'permission denied', 'no space left on device'."""
     words = os.strerror(exc.errno) if exc.errno else (exc.strerror or str(exc) or type(exc).__name__)
@@ -49,7 +65,7 @@ def os_reason(exc: OSError) -> str:
 def one_line(exc: BaseException) -> str:
     """A single-line description of an exception, for batch reports."""
     text = " ".join(str(exc).split())
-    if isinstance(exc, OSError) and exc.errno:
+    if isinstance(exc, OSError) and exc.errno and not isinstance(exc, TransmuteError):
         names = [str(n) for n in (exc.filename, exc.filename2) if n is not None]
         return ": ".join([os_reason(exc), " -> ".join(names)] if names else [os_reason(exc)])
     if isinstance(exc, TransmuteError):

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
-from transmute.errors import InputError, TransmuteError, os_reason
+from transmute.errors import InputError, OutputError, TransmuteError, os_reason
 
 
 # Permission checks ask about the effective user, the one whose rights opening a file uses.
@@ -37,7 +37,7 @@ def atomic_path(path: Path) -> Iterator[Path]:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise TransmuteError(f"cannot create folder {path.parent}: {os_reason(exc)}") from exc
+        raise OutputError(f"cannot create folder {path.parent}: {os_reason(exc)}", os_reason(exc), exc.errno) from exc
     tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
     try:
         yield tmp
@@ -51,7 +51,7 @@ def atomic_path(path: Path) -> Iterator[Path]:
         reason = _write_failure(exc, tmp, path)
         if reason is None:
             raise
-        raise TransmuteError(f"cannot write {path}: {reason}") from exc
+        raise OutputError(f"cannot write {path}: {reason}", reason, getattr(exc, "errno", None)) from exc
     finally:
         # Only what exists: on a read-only disk, unlinking a missing file fails with EROFS, which would
         # hide the real error. A temporary that cannot be removed is left rather than raised over it.
@@ -88,6 +88,33 @@ def _write_failure(exc: Exception, tmp: Path, path: Path) -> str | None:
     if str(tmp) in text or tmp.name in text:  # an I/O failure the writer described: keep its words
         return text.replace(str(tmp), str(path)).replace(tmp.name, path.name)
     return None  # not about writing (e.g. a writer's complaint about the data): raised as it is
+
+
+def remove_stale_temporaries(folder: Path) -> list[Path]:
+    """Remove the temporary files that atomic_path calls left when their process was killed.
+
+    Only files named as atomic_path names them (.NAME.PID.part) whose process
+    is gone are removed; a live writer's file is left alone.
+    """
+    removed = []
+    for tmp in Path(folder).glob(".*.part") if Path(folder).is_dir() else ():
+        pid = tmp.name[: -len(".part")].rsplit(".", 1)[-1]
+        if not pid.isdigit() or (int(pid) != os.getpid() and _alive(int(pid))):
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+            removed.append(tmp)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 @dataclass

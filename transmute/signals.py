@@ -30,16 +30,48 @@ def spec_differences(expected, got) -> list[tuple[str, Any, Any]]:
     return out
 
 
-def _spec_to_dict(spec) -> dict:
-    return json.loads(json.dumps(dataclasses.asdict(spec)))
+class TaggedSpec:
+    """A spec that travels as JSON tagged with its kind, e.g. {"kind": "images", "mode": "RGB", ...}.
+
+    Checkpoints store the spec a model was trained on this way, whatever the
+    signal. A dict without "kind" was written before specs were tagged: it is a
+    spectrogram's (FeatureSpec), the only kind stored then.
+    """
+
+    kind: ClassVar[str] = ""
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind, **json.loads(json.dumps(dataclasses.asdict(self)))}
+
+    @classmethod
+    def from_dict(cls, data: dict):
+        data = dict(data)
+        kind = data.pop("kind", FeatureSpec.kind)
+        if kind != cls.kind:
+            raise ValueError(f"a '{kind}' spec, not a '{cls.kind}' spec")
+        unknown = set(data) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown {cls.kind}-spec fields: {', '.join(sorted(unknown))}")
+        return cls(**data)
+
+
+def spec_from_dict(data: dict) -> "TaggedSpec":
+    """The spec a tagged dict describes (an untagged one is an older checkpoint's FeatureSpec)."""
+    kinds = {c.kind: c for c in (WaveformSpec, FeatureSpec, ImageSpec, CodeSpec)}
+    kind = data.get("kind", FeatureSpec.kind)
+    if kind not in kinds:
+        raise ValueError(f"unknown spec kind {kind!r}; this transmute knows {', '.join(kinds)}")
+    return kinds[kind].from_dict(data)
 
 
 # --------------------------------------------------------------------------- specs
 
 
 @dataclass(frozen=True)
-class WaveformSpec:
+class WaveformSpec(TaggedSpec):
     """sample_rate None means 'the native rate of each file' (not known statically)."""
+
+    kind: ClassVar[str] = "waveform"
 
     sample_rate: int | None = None
     channels: int | None = None
@@ -59,7 +91,7 @@ class Normalization:
 
 
 @dataclass(frozen=True)
-class FeatureSpec:
+class FeatureSpec(TaggedSpec):
     """Everything needed to compute, interpret or invert a spectrogram.
 
     The defaults take HiFi-GAN's mel settings (its meldataset.py), which most
@@ -97,6 +129,8 @@ class FeatureSpec:
     log_floor: float = 1e-5
     normalization: Normalization | None = None
 
+    kind: ClassVar[str] = "spectrogram"
+
     def __post_init__(self):
         if not self.win_length:
             object.__setattr__(self, "win_length", self.n_fft)
@@ -121,29 +155,22 @@ class FeatureSpec:
             return 1 + n_samples // self.hop_length
         return max(0, 1 + (n_samples - self.n_fft) // self.hop_length)
 
-    def to_dict(self) -> dict:
-        return _spec_to_dict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "FeatureSpec":
-        known = {f.name for f in fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(f"unknown feature-spec fields: {', '.join(sorted(unknown))}")
-        return cls(**data)
-
     def replace(self, **changes) -> "FeatureSpec":
         return dataclasses.replace(self, **changes)
 
 
 @dataclass(frozen=True)
-class ImageSpec:
+class ImageSpec(TaggedSpec):
     """mode None means 'whatever each file is' (not known statically)."""
 
     mode: str | None = "RGB"
     value_range: tuple[float, float] = (0.0, 1.0)
 
+    kind: ClassVar[str] = "images"
     CHANNELS: ClassVar[dict[str, int]] = {"L": 1, "LA": 2, "RGB": 3, "RGBA": 4}
+
+    def __post_init__(self):  # JSON gives a list; a spec compares equal however it was made
+        object.__setattr__(self, "value_range", tuple(float(v) for v in self.value_range))
 
     @property
     def channels(self) -> int | None:
@@ -151,10 +178,12 @@ class ImageSpec:
 
 
 @dataclass(frozen=True)
-class CodeSpec:
+class CodeSpec(TaggedSpec):
     codebook_size: int
     codebook_id: str = ""
     source: str = ""  # JSON of the spec of what was encoded
+
+    kind: ClassVar[str] = "codes"
 
 
 # --------------------------------------------------------------------------- signals

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import click
@@ -20,52 +19,30 @@ from transmute_cyclegan_vc import DEFAULT_MODEL
               help="default: the paper's widths (GPU, hours); small: CPU, under an hour; tiny: tests.")
 @click.option("--name-a", default=None, help="Label of speaker A (default: the folder name).")
 @click.option("--name-b", default=None, help="Label of speaker B (default: the folder name).")
-@click.option("--hparam", "hparams", multiple=True, metavar="KEY=VALUE",
-              help="Override a preset value, e.g. --hparam gen_channels=64 --hparam lr_g=1e-4 (repeatable).")
 @training_options
-def train_command(a_dir, b_dir, preset, name_a, name_b, hparams, **options):
+def train_command(a_dir, b_dir, preset, name_a, name_b, **options):
     """Train a MaskCycleGAN-VC converter between two speakers from unpaired recordings.
 
     The run folder gets checkpoints/last.safetensors (resume with --resume),
     model.safetensors (the converter, both directions), samples/ (PNG and WAV)
-    and log.jsonl.
+    and log.jsonl. --hparam takes any key of the preset (e.g. gen_channels=64,
+    lr_g=1e-4); --sample-weights names items 'a/PATH' and 'b/PATH', PATH
+    relative to --a or --b.
     """
-    from transmute.training import train
+    from transmute.training import say, train
     from transmute_cyclegan_vc.networks import PRESETS
     from transmute_cyclegan_vc.task import CycleGANVCTask, describe_size
 
-    overrides = _parse_hparams(hparams, PRESETS[preset])
-    config = config_from_options(options, dict(PRESETS[preset], **overrides))
-    overrides.update({k: getattr(config, k) for k in ("steps", "batch_size")})
+    config = config_from_options(options, PRESETS[preset])
     labels = (name_a or a_dir.name, name_b or b_dir.name)
-    say = click.echo if os.environ.get("RANK", "0") == "0" else (lambda *a, **k: None)  # one voice under torchrun
-    say(f"reading {a_dir} and {b_dir} ...", err=True)
-    task = CycleGANVCTask.from_folders(a_dir, b_dir, preset, overrides, labels)
+    say(f"reading {a_dir} and {b_dir} ...")
+    task = CycleGANVCTask.from_folders(a_dir, b_dir, preset, config.hparams, labels)
     for reason in task.skipped:
-        say(f"skipped {reason}", err=True)
-    say(f"speaker A '{labels[0]}': {len(task.data['a'])} utterances; speaker B '{labels[1]}': "
-        f"{len(task.data['b'])} utterances; preset {preset}, {config.steps} steps", err=True)
+        say(f"skipped {reason}")
+    say(f"speaker A '{labels[0]}': {len(task.features['a'])} utterances; speaker B '{labels[1]}': "
+        f"{len(task.features['b'])} utterances; preset {preset}, {config.steps} steps")
     model = train(task, config)
-    say(f"converter: {model} ({describe_size(task)})", err=True)
-
-
-def _parse_hparams(items, preset: dict) -> dict:
-    from transmute.pipeline import parse_value
-    from transmute.stages import suggest
-
-    out = {}
-    for item in items:
-        key, sep, raw = item.partition("=")
-        key = key.strip()
-        if not sep or key not in preset:
-            raise click.BadParameter(f"{item!r}: expected KEY=VALUE with KEY one of {', '.join(preset)}"
-                                     f"{suggest(key, preset)}", param_hint="--hparam")
-        value = parse_value(raw.strip())
-        if type(value) is not type(preset[key]) and not (isinstance(preset[key], float) and isinstance(value, int)):
-            raise click.BadParameter(f"{key}: expected a {type(preset[key]).__name__}, got {raw!r}",
-                                     param_hint="--hparam")
-        out[key] = value
-    return out
+    say(f"converter: {model} ({describe_size(task)})")
 
 
 @click.command("convert-voice")

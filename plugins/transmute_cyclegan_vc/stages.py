@@ -17,23 +17,33 @@ def load_converter(ref: str, direction: str, device="cpu"):
     """(generator in eval mode, source Normalization, target Normalization, checkpoint) for one direction.
 
     The normalisations are the speakers' training statistics; apply them with
-    dsp.normalize / dsp.denormalize.
+    dsp.normalize / dsp.denormalize. A checkpoint that lacks a field or a tensor,
+    or whose tensors have other shapes, is refused in one line naming the file
+    and what is wrong.
     """
-    from transmute.checkpoint import load_checkpoint, resolve_model
+    import torch
+
+    from transmute.checkpoint import load_checkpoint, load_weights, resolve_model
+    from transmute.errors import CheckpointError
     from transmute_cyclegan_vc.networks import Generator
 
     ckpt = load_checkpoint(resolve_model(ref), plugin=PLUGIN, model=MODEL, version=VERSION)
-    spec = FeatureSpec.from_dict(ckpt.feature_spec)
-    h = ckpt.hparams
-    net = Generator(spec.n_mels, h["gen_channels"], h["res_channels"], h["res_blocks"])
-    prefix = f"{direction}/"
-    net.load_state_dict({k[len(prefix):]: v.float() for k, v in ckpt.tensors.items() if k.startswith(prefix)})
+    spec = ckpt.spec()
+    if not isinstance(spec, FeatureSpec):
+        raise CheckpointError(f"{ckpt.path}: metadata field 'feature_spec' must describe a spectrogram, "
+                              f"got {type(spec).__name__ if spec else 'none'}")
+    sizes = [ckpt.need("hparams", key) for key in ("gen_channels", "res_channels", "res_blocks")]
+    net = Generator(spec.n_mels, *sizes)
+    load_weights(net, ckpt.tensors, ckpt.path, prefix=f"{direction}/", dtype=torch.float32)
     net.eval().to(device)
     source, target = ("a", "b") if direction == "a2b" else ("b", "a")
 
     def stats(key):
-        s = ckpt.extra["stats"][key]
-        return Normalization(s["mean"], s["std"], label=f"speaker {key}")
+        mean, std = (ckpt.need("extra", "stats", key, part) for part in ("mean", "std"))
+        if len(mean) != spec.n_mels or len(std) != spec.n_mels:
+            raise CheckpointError(f"{ckpt.path}: metadata field 'extra.stats.{key}' has {len(mean)} means and "
+                                  f"{len(std)} deviations for {spec.n_mels} mel bands; the checkpoint is damaged")
+        return Normalization(mean, std, label=f"speaker {key}")
 
     return net, stats(source), stats(target), ckpt
 

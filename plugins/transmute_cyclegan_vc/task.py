@@ -10,7 +10,7 @@ from torch.nn import functional as F
 from transmute.checkpoint import Checkpoint
 from transmute.errors import TransmuteError
 from transmute.signals import FeatureSpec, Normalization
-from transmute.training import Context, Task
+from transmute.training import Context, Task, TrainingData
 
 from transmute_cyclegan_vc.networks import PRESETS, Discriminator, Generator
 
@@ -45,8 +45,10 @@ def validate_hparams(h: dict) -> None:
     need(h["decay_from"] >= 0 and h["identity_until"] >= 0, "decay_from and identity_until must be at least 0")
 
 
-def speaker_features(folder: Path, spec: FeatureSpec, label: str) -> tuple[list[torch.Tensor], Normalization, list[str]]:
-    """Log-mels of every readable file in a folder (silence trimmed) and their per-bin mean/std."""
+def speaker_features(folder: Path, spec: FeatureSpec, label: str
+                     ) -> tuple[dict[str, torch.Tensor], Normalization, list[str]]:
+    """{relative path: log-mel} of every readable file in a folder (silence trimmed), their per-bin
+    mean/std, and the files skipped."""
     from transmute import dsp
     from transmute.audio import is_audio_file, read_audio, trim_silence
     from transmute.files import discover
@@ -55,7 +57,7 @@ def speaker_features(folder: Path, spec: FeatureSpec, label: str) -> tuple[list[
     if not files:
         why = f" ({problems[0][0]}: {problems[0][1]})" if problems else ""
         raise TransmuteError(f"{folder}: no audio files found{why}")
-    feats, skipped = [], [f"{path}: {reason}" for path, reason in problems]  # an unreadable sub-folder, a broken link
+    feats, skipped = {}, [f"{path}: {reason}" for path, reason in problems]  # an unreadable sub-folder, a broken link
     for f in files:
         try:
             audio, _ = read_audio(f.path, spec.sample_rate)
@@ -64,10 +66,10 @@ def speaker_features(folder: Path, spec: FeatureSpec, label: str) -> tuple[list[
             continue
         audio = trim_silence(audio, TRIM_TOP_DB)
         mel, _ = dsp.features(torch.from_numpy(audio[:, 0]).unsqueeze(0), spec)
-        feats.append(mel[0])
+        feats[f.relative.as_posix()] = mel[0]
     if not feats:
         raise TransmuteError(f"{folder}: none of {len(files)} files could be read ({skipped[0]})")
-    frames = torch.cat(feats, dim=1)
+    frames = torch.cat(list(feats.values()), dim=1)
     if frames.shape[1] < MIN_FRAMES:
         raise TransmuteError(f"{folder}: too little audio to learn a voice from ({frames.shape[1]} frames after "
                              f"trimming silence; at least {MIN_FRAMES}, about {MIN_FRAMES * 256 / 22050:.0f} s)")
@@ -79,14 +81,66 @@ def _norm_tensors(norm: Normalization) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.tensor(norm.mean).view(-1, 1), torch.tensor(norm.std).view(-1, 1)
 
 
+class SpeakerSegments(TrainingData):
+    """Unpaired speech of two speakers; an item is a random segment of one utterance of each, with masks.
+
+    Items are named 'a/PATH' and 'b/PATH' (PATH relative to the speaker's
+    folder), which is what a --sample-weights CSV lists.
+    """
+
+    def __init__(self, data: dict[str, dict[str, torch.Tensor]], segment_frames: int, max_mask_frames: int):
+        self.names = {key: [f"{key}/{name}" for name in utterances] for key, utterances in data.items()}
+        self.utterances = {key: list(utterances.values()) for key, utterances in data.items()}
+        self.frames, self.most_masked = segment_frames, max_mask_frames
+
+    def items(self):
+        return self.names
+
+    def _segment(self, mel: torch.Tensor, rng) -> torch.Tensor:
+        n = self.frames
+        if mel.shape[1] < n:
+            mel = F.pad(mel.unsqueeze(0), (0, n - mel.shape[1]), mode="replicate")[0]
+        start = int(rng.integers(mel.shape[1] - n + 1))
+        return mel[:, start : start + n].clone()
+
+    def _mask(self, n_mels: int, rng) -> torch.Tensor:
+        """Filling in frames: a random run of up to max_mask_frames frames is zeroed."""
+        mask = torch.ones(n_mels, self.frames)
+        length = int(rng.integers(self.most_masked + 1))
+        start = int(rng.integers(self.frames - length + 1))
+        mask[:, start : start + length] = 0
+        return mask
+
+    def load(self, index, rng):
+        a, b = self.utterances["a"][index["a"]], self.utterances["b"][index["b"]]
+        return {"a": self._segment(a, rng), "b": self._segment(b, rng),
+                "mask_a": self._mask(a.shape[0], rng), "mask_b": self._mask(b.shape[0], rng)}
+
+
+def linear_decay(steps: int, decay_from: int):
+    """The paper's schedule as a LambdaLR factor: constant, then linear to zero at `steps`.
+
+    It is defined against the run's total steps, so resuming with a larger
+    --steps stretches it: from the resumed step on the rate follows the longer
+    line (it rises if the decay had begun, from zero if the old run had ended).
+    """
+    def factor(step: int) -> float:
+        if step < decay_from or steps <= decay_from:
+            return 1.0
+        return max(0.0, 1 - (step - decay_from) / (steps - decay_from))
+
+    return factor
+
+
 class CycleGANVCTask(Task):
     plugin = PLUGIN
     model = MODEL
     version = VERSION
 
-    def __init__(self, features: dict[str, list[torch.Tensor]], norms: dict[str, Normalization],
-                 preset: str = "small", overrides: dict | None = None, labels: tuple[str, str] = ("a", "b")):
-        """features: {'a': [(n_mels, frames) log-mel, ...], 'b': [...]}, not yet normalised."""
+    def __init__(self, features: dict[str, dict[str, torch.Tensor] | list[torch.Tensor]],
+                 norms: dict[str, Normalization], preset: str = "small", overrides: dict | None = None,
+                 labels: tuple[str, str] = ("a", "b")):
+        """features: {'a': {name: (n_mels, frames) log-mel}, 'b': {...}} (or lists), not yet normalised."""
         if preset not in PRESETS:
             raise TransmuteError(f"unknown preset '{preset}'; choose one of {', '.join(PRESETS)}")
         self.preset = preset
@@ -95,17 +149,20 @@ class CycleGANVCTask(Task):
         self.spec = FEATURES
         self.labels = labels
         self.norms = norms
-        self.data = {}
+        self.features = {}
         for key, feats in features.items():
             mean, std = _norm_tensors(norms[key])
-            self.data[key] = [(f - mean) / std for f in feats]
+            named = feats if isinstance(feats, dict) else {f"{i:05d}": f for i, f in enumerate(feats)}
+            self.features[key] = {name: (f - mean) / std for name, f in named.items()}
         # Samples show the longest utterance of each speaker (a one-frame file shows nothing).
-        self.sample_sources = {k: max(v, key=lambda f: f.shape[1]) for k, v in self.data.items()}
+        self.sample_sources = {k: max(v.values(), key=lambda f: f.shape[1]) for k, v in self.features.items()}
         self.skipped: list[str] = []
 
     @classmethod
     def from_folders(cls, a_dir: Path, b_dir: Path, preset: str = "small", overrides: dict | None = None,
                      labels: tuple[str, str] | None = None) -> "CycleGANVCTask":
+        if preset in PRESETS:  # settings first: reading the folders takes a while
+            validate_hparams(dict(PRESETS[preset], **(overrides or {})))
         labels = labels or (Path(a_dir).name, Path(b_dir).name)
         features, norms, skipped = {}, {}, []
         for key, folder, label in (("a", a_dir, labels[0]), ("b", b_dir, labels[1])):
@@ -140,6 +197,8 @@ class CycleGANVCTask(Task):
         disc_params = [p for n in ("d_a", "d_b", "d_a2", "d_b2") for p in self.nets[n].parameters()]
         self.opt = {"g": torch.optim.Adam(gen_params, lr=h["lr_g"], betas=betas),
                     "d": torch.optim.Adam(disc_params, lr=h["lr_d"], betas=betas)}
+        decay = linear_decay(h["steps"], h["decay_from"])
+        self.sched = {name: torch.optim.lr_scheduler.LambdaLR(opt, decay) for name, opt in self.opt.items()}
 
     def modules(self):
         return self.nets
@@ -147,48 +206,17 @@ class CycleGANVCTask(Task):
     def optimizers(self):
         return self.opt
 
-    # ---------------------------------------------------------------- data
-    def _segments(self, key: str, generator) -> torch.Tensor:
-        n = self.h["segment_frames"]
-        out = []
-        utterances = self.data[key]
-        for _ in range(self.h["batch_size"]):
-            mel = utterances[int(torch.randint(len(utterances), (1,), generator=generator))]
-            if mel.shape[1] < n:
-                mel = F.pad(mel.unsqueeze(0), (0, n - mel.shape[1]), mode="replicate")[0]
-            start = int(torch.randint(mel.shape[1] - n + 1, (1,), generator=generator))
-            out.append(mel[:, start : start + n])
-        return torch.stack(out)
+    def schedulers(self):
+        return self.sched
 
-    def _masks(self, generator) -> torch.Tensor:
-        """Filling in frames: a random run of up to max_mask_frames frames is zeroed."""
-        b, n, most = self.h["batch_size"], self.h["segment_frames"], self.h["max_mask_frames"]
-        masks = torch.ones(b, self.spec.n_mels, n)
-        for i in range(b):
-            length = int(torch.randint(most + 1, (1,), generator=generator))
-            start = int(torch.randint(n - length + 1, (1,), generator=generator))
-            masks[i, :, start : start + length] = 0
-        return masks
-
-    def next_batch(self, generator):
-        return {"a": self._segments("a", generator), "b": self._segments("b", generator),
-                "mask_a": self._masks(generator), "mask_b": self._masks(generator)}
+    def data(self) -> SpeakerSegments:
+        return SpeakerSegments(self.features, self.h["segment_frames"], self.h["max_mask_frames"])
 
     # ---------------------------------------------------------------- step
-    def _learning_rates(self, step: int) -> None:
-        h = self.h
-        decay = 1.0
-        if step >= h["decay_from"] and h["steps"] > h["decay_from"]:
-            decay = max(0.0, 1 - (step - h["decay_from"]) / (h["steps"] - h["decay_from"]))
-        for name, base in (("g", h["lr_g"]), ("d", h["lr_d"])):
-            for group in self.opt[name].param_groups:
-                group["lr"] = base * decay
-
-    def train_step(self, batch, step: int, ctx: Context) -> dict[str, float]:
+    def train_step(self, batch, step: int, ctx: Context) -> dict[str, torch.Tensor]:
         run = self.run
-        a, b = batch["a"].to(ctx.device), batch["b"].to(ctx.device)
-        ma, mb = batch["mask_a"].to(ctx.device), batch["mask_b"].to(ctx.device)
-        self._learning_rates(step)
+        # The loop pins batches in memory on a GPU: the copies overlap with compute.
+        a, b, ma, mb = (batch[k].to(ctx.device, non_blocking=True) for k in ("a", "b", "mask_a", "mask_b"))
         use_identity = step < self.h["identity_until"]
 
         # Generators: adversarial (one- and two-step), cycle-consistency, identity.
@@ -223,7 +251,7 @@ class CycleGANVCTask(Task):
         (loss_d + loss_d2).float().backward()
         self.opt["d"].step()
         values = {"g_adv": adv, "g_adv2": adv2, "cycle": cycle, "identity": identity, "d": loss_d, "d2": loss_d2}
-        return {k: float(v.detach()) for k, v in values.items()}
+        return {k: v.detach() for k, v in values.items()}
 
     # ---------------------------------------------------------------- outputs
     def convert(self, features: torch.Tensor, direction: str) -> torch.Tensor:
@@ -252,8 +280,7 @@ class CycleGANVCTask(Task):
             name = f"step{step:07d}-{direction}"
             spectrogram_png([src_log, out_log], folder / f"{name}.png",
                             titles=[f"{self.labels[0 if source == 'a' else 1]} (source)", "converted"])
-            linear = dsp.mel_to_linear(torch.exp(out_log).unsqueeze(0), self.spec.replace(log=False))
-            audio = dsp.griffin_lim(linear, self.spec, n_iter=32)[0].numpy()
+            audio = dsp.mel_to_audio(out_log.unsqueeze(0), self.spec, n_iter=32, names=[name])[0].numpy()
             audio = audio / max(1.0, float(abs(audio).max()) / 0.95)
             with atomic_path(folder / f"{name}.wav") as tmp:
                 soundfile.write(str(tmp), audio, self.spec.sample_rate, format="WAV", subtype="PCM_16")
@@ -267,7 +294,7 @@ class CycleGANVCTask(Task):
         return Checkpoint(
             tensors=tensors, plugin=PLUGIN, model=MODEL, version=VERSION,
             hparams={k: self.h[k] for k in ("gen_channels", "res_channels", "res_blocks")} | {"preset": self.preset},
-            feature_spec=self.spec.to_dict(),
+            feature_spec=self.spec,
             extra={"speakers": {"a": self.labels[0], "b": self.labels[1]},
                    "stats": {k: {"mean": list(n.mean), "std": list(n.std)} for k, n in self.norms.items()}},
         )
