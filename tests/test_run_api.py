@@ -269,3 +269,22 @@ def test_sigterm_stops_like_ctrl_c(tmp_path, run_python):
     assert "written" in stderr and "Traceback" not in stderr
     written = sorted(out.iterdir())
     assert 0 < len(written) < 24 and all(p.suffix == ".wav" and sf.info(p).frames > 0 for p in written)
+
+
+def test_an_unreadable_folder_is_a_failure_not_an_empty_folder(tmp_path, monkeypatch):
+    src = tmp_path / "in"
+    (src / "locked").mkdir(parents=True)
+    tone(src / "a.wav")
+    tone(src / "locked" / "b.wav")
+    real_scandir = os.scandir
+
+    def scandir(path="."):
+        if os.path.abspath(path) == str(src / "locked"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)  # what chmod 000 on the folder does to a user other than root
+    report = transmute.run("resynthesize", [src], tmp_path / "out", overrides=FAST)
+    assert [(o.job.label, o.status, o.reason) for o in report.outcomes] == [
+        (str(src / "locked"), "failed", "cannot read this folder: permission denied; check its permissions"),
+        (str(src / "a.wav"), "written", "")]

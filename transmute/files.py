@@ -59,10 +59,8 @@ def discover(
     for raw in inputs:
         path = Path(raw).expanduser()
         if path.is_dir():
-            for sub in sorted(path.rglob("*")):
+            for sub in _files_below(path, missing):
                 rel = sub.relative_to(path)
-                if any(part.startswith(".") for part in rel.parts) or not sub.is_file():
-                    continue
                 if exclude is not None and exclude in sub.resolve().parents:
                     continue
                 if accepts(sub):
@@ -74,6 +72,21 @@ def discover(
         else:
             missing.append((raw, "no such file or folder"))
     return found, ignored, missing
+
+
+def _files_below(folder: Path, unreadable: list[tuple[str, str]]) -> list[Path]:
+    """Files below folder, sorted, without hidden files and folders; folders that cannot be listed
+    go to `unreadable` (path, reason) rather than silently looking empty."""
+
+    def refused(exc: OSError) -> None:
+        reason = "permission denied" if isinstance(exc, PermissionError) else (exc.strerror or str(exc))
+        unreadable.append((str(exc.filename), f"cannot read this folder: {reason}; check its permissions"))
+
+    files = []
+    for root, dirs, names in os.walk(folder, onerror=refused, followlinks=True):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        files.extend(Path(root, name) for name in names if not name.startswith("."))
+    return sorted(p for p in files if p.is_file())
 
 
 def remove_stale_temporaries(folder: Path) -> list[Path]:
