@@ -15,13 +15,14 @@ HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
+import bench_batch_io  # noqa: E402
 import bench_cli_startup  # noqa: E402
 import bench_griffinlim  # noqa: E402
 import bench_mel_inversion  # noqa: E402
 import bench_voice_conversion  # noqa: E402
 import common  # noqa: E402
 
-BENCHMARKS = (bench_griffinlim, bench_mel_inversion, bench_cli_startup, bench_voice_conversion)
+BENCHMARKS = (bench_griffinlim, bench_mel_inversion, bench_cli_startup, bench_voice_conversion, bench_batch_io)
 
 
 def main() -> int:
