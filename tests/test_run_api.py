@@ -288,3 +288,28 @@ def test_an_unreadable_folder_is_a_failure_not_an_empty_folder(tmp_path, monkeyp
     assert [(o.job.label, o.status, o.reason) for o in report.outcomes] == [
         (str(src / "locked"), "failed", "cannot read this folder: permission denied; check its permissions"),
         (str(src / "a.wav"), "written", "")]
+
+
+def test_tf32_is_off_on_cuda_unless_asked(monkeypatch, tmp_path):
+    import torch
+
+    from transmute.runner import Runner, _set_tf32
+
+    knobs = (torch.backends.cuda.matmul, torch.backends.cudnn.conv, torch.backends.cudnn.rnn)
+    before = [k.fp32_precision for k in knobs]
+    try:
+        _set_tf32(False)
+        assert [k.fp32_precision for k in knobs] == ["ieee"] * 3
+        _set_tf32(True)
+        assert [k.fp32_precision for k in knobs] == ["tf32"] * 3
+    finally:
+        for knob, value in zip(knobs, before):
+            knob.fp32_precision = value
+    from transmute.pipeline import build_from_dict
+    from transmute.plugins import get_manager
+
+    pipeline = build_from_dict(IMAGES, get_manager().registry)
+    assert Runner(pipeline, tmp_path).tf32 is False
+    assert Runner(pipeline, tmp_path, tf32=True).tf32 is True
+    monkeypatch.setenv("TRANSMUTE_TF32", "1")
+    assert Runner(pipeline, tmp_path).tf32 is True
