@@ -15,6 +15,7 @@ HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
+import bench_batch_io  # noqa: E402
 import bench_cli_startup  # noqa: E402
 import bench_griffinlim  # noqa: E402
 import bench_image_memory  # noqa: E402
@@ -24,7 +25,7 @@ import bench_voice_conversion  # noqa: E402
 import common  # noqa: E402
 
 BENCHMARKS = (bench_griffinlim, bench_mel_inversion, bench_cli_startup, bench_voice_conversion,
-              bench_image_memory, bench_training_profile)
+              bench_image_memory, bench_training_profile, bench_batch_io)
 
 
 def main() -> int:

@@ -14,6 +14,9 @@ def test_a_voice_conversion_run_reads_the_model_header_once(tmp_path, monkeypatc
     import safetensors
     import safetensors.torch  # noqa: F401 - bound to the real safe_open before the patch: tensor loads are not header reads
 
+    from transmute import checkpoint
+
+    monkeypatch.setattr(checkpoint, "_headers", {})  # what earlier tests read does not count
     reads = Counter()
     real_open = safetensors.safe_open
     monkeypatch.setattr(safetensors, "safe_open",

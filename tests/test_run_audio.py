@@ -142,7 +142,8 @@ def test_interrupted_run_keeps_finished_files_and_continues(tmp_path, monkeypatc
         real_save(self, item, path)
 
     monkeypatch.setattr(SaveAudio, "save", flaky_save)
-    result = run("run", "resynthesize", src, "-o", out, "--batch-size", "1", *FAST)
+    # --workers 0 saves on the main thread, where a real Ctrl-C lands (tests/test_run_api.py covers workers).
+    result = run("run", "resynthesize", src, "-o", out, "--batch-size", "1", "--workers", "0", *FAST)
     assert result.exit_code == 130 and "run the same command again" in result.output
     assert sorted(p.name for p in out.iterdir()) == ["a0.wav", "a1.wav"]  # no partial file left
     monkeypatch.setattr(SaveAudio, "save", real_save)

@@ -238,10 +238,68 @@ def describe_command(pipeline, overrides, as_json):
 # --------------------------------------------------------------------------- running
 
 
+workers_option = click.option(
+    "--workers", type=click.IntRange(min=0), default=None, metavar="N",
+    help="Threads that decode inputs and encode outputs while the model computes "
+         "(default: one per CPU core, 2 to 8; 0: all on the main thread). Outputs do not depend on it.")
+tf32_option = click.option(
+    "--tf32/--no-tf32", default=None,
+    help="Allow TensorFloat-32 matmuls and convolutions on CUDA: faster, less exact "
+         "(default: off, or TRANSMUTE_TF32=1).")
+
+
+class RunPrinter:
+    """What the command line shows of a transmute.run: progress, failures, warnings, summary, exit status.
+
+    Commands pass .start and .outcome as run()'s on_start and on_outcome, then
+    call .finish(report), which exits 1 if an input failed, 130/143 if stopped.
+    """
+
+    def __init__(self, name: str, outdir, quiet: bool = False):
+        self.name, self.outdir, self.quiet = name, outdir, quiet
+        self.bar = None
+
+    def start(self, total: int) -> None:
+        if not self.quiet and sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, unit="file", desc=self.name, file=sys.stderr, dynamic_ncols=True)
+
+    def say(self, message: str) -> None:
+        if self.bar is not None:
+            self.bar.write(message, file=sys.stderr)
+        else:
+            click.echo(message, err=True)
+
+    def outcome(self, outcome) -> None:
+        for warning in outcome.warnings:
+            self.say(f"warning: {outcome.job.label}: {warning}")
+        if outcome.status == "failed":
+            self.say(f"FAILED {outcome.job.label}: {outcome.reason}")
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def finish(self, report) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        if report.removed_temporaries and not self.quiet:
+            click.echo(f"removed {len(report.removed_temporaries)} temporary file(s) that an earlier, "
+                       "killed run left", err=True)
+        if report.ignored and not self.quiet:
+            shown = ", ".join(str(p) for p in report.ignored[:3]) + (" ..." if len(report.ignored) > 3 else "")
+            click.echo(f"ignored {len(report.ignored)} file(s) this pipeline does not read: {shown}", err=True)
+        click.echo(f"{report.pipeline or self.name}: {report.summary()} -> {self.outdir} (device {report.device})", err=True)
+        if report.interrupted:
+            click.echo("interrupted: run the same command again to continue where it stopped", err=True)
+            sys.exit(128 + int(report.interrupted))
+        if report.failed:
+            sys.exit(1)
+
+
 @cli.command("run")
 @click.argument("pipeline")
-@click.argument("inputs", nargs=-1, type=click.Path())
-@click.option("-o", "--output", "outdir", required=True, type=click.Path(file_okay=False),
+@click.argument("inputs", nargs=-1, type=click.Path(readable=False))
+@click.option("-o", "--output", "outdir", required=True, type=click.Path(file_okay=False, readable=False),
               help="Folder for the outputs (created if missing); input sub-folders are mirrored.")
 @_set_option
 @click.option("--device", default=None, metavar="auto|cpu|cuda[:N]",
@@ -250,72 +308,25 @@ def describe_command(pipeline, overrides, as_json):
 @click.option("--count", type=click.IntRange(min=1), default=None,
               help="For generating pipelines: how many items to make.")
 @click.option("--overwrite", is_flag=True, help="Replace outputs that already exist (default: skip them).")
-@click.option("-q", "--quiet", is_flag=True, help="No progress bar; only failures and the summary.")
-def run_command(pipeline, inputs, outdir, overrides, device, batch_size, count, overwrite, quiet):
+@workers_option
+@tf32_option
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar; only failures, warnings and the summary.")
+def run_command(pipeline, inputs, outdir, overrides, device, batch_size, count, overwrite, workers, tf32, quiet):
     """Run PIPELINE (a name or a .toml path) on INPUTS (files or folders) into OUTPUT.
 
     Outputs are written atomically; existing ones are skipped, so running the
-    same command again after an interruption continues where it stopped. An
-    input that fails is reported and the rest go on; the exit status is 1 if
-    any input failed.
+    same command again after an interruption (Ctrl-C, SIGTERM) continues where
+    it stopped. An input that fails is reported and the rest go on; the exit
+    status is 1 if any input failed.
     """
-    execute_run(pipeline, inputs, outdir, list(overrides), device=device, batch_size=batch_size, count=count,
-                overwrite=overwrite, quiet=quiet)
+    from transmute.runner import run
 
-
-def execute_run(pipeline, inputs, outdir, overrides=(), *, device=None, batch_size=None, count=None,
-                overwrite=False, quiet=False) -> None:
-    """What `transmute run` does; plugin commands (e.g. convert-voice) call it with their own overrides."""
-    from transmute.pipeline import build_pipeline
-    from transmute.runner import Runner
-
-    built = build_pipeline(pipeline, _manager().registry, list(overrides))
-    if built.is_generator:
-        if inputs:
-            raise TransmuteError(f"pipeline '{built.name}' generates its items; give --count N instead of inputs")
-    elif not inputs:
-        raise TransmuteError(f"pipeline '{built.name}' needs input files or folders")
-    elif count is not None:
-        raise TransmuteError("--count is for generating pipelines; this one reads inputs")
-
-    bar = None
-    show_bar = not quiet and sys.stderr.isatty()
-
-    def on_outcome(outcome):
-        if outcome.status == "failed":
-            message = f"FAILED {outcome.job.label}: {outcome.reason}"
-            if bar is not None:
-                bar.write(message, file=sys.stderr)
-            else:
-                click.echo(message, err=True)
-        if bar is not None:
-            bar.update(1)
-
-    runner = Runner(built, Path(outdir), overwrite=overwrite, device=device,
-                    batch_size=batch_size, on_outcome=on_outcome)
-    jobs = runner.plan_generated(count or 1) if built.is_generator else runner.plan_files(list(inputs))
-    if show_bar:
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(jobs) + len(runner.report.outcomes), unit="file", desc=built.name,
-                   file=sys.stderr, dynamic_ncols=True)
-        bar.update(len(runner.report.outcomes))
-    try:
-        report = runner.run_generator(jobs) if built.is_generator else runner.run_files(jobs)
-    finally:
-        if bar is not None:
-            bar.close()
-    if report.ignored and not quiet:
-        shown = ", ".join(str(p) for p in report.ignored[:3]) + (" ..." if len(report.ignored) > 3 else "")
-        click.echo(f"ignored {len(report.ignored)} file(s) this pipeline does not read: {shown}", err=True)
-    click.echo(f"{built.name}: {report.summary()} -> {outdir} (device {runner.device})", err=True)
-    if report.interrupted:
-        click.echo("interrupted: run the same command again to continue where it stopped", err=True)
-        sys.exit(130)
-    if report.failed:
-        sys.exit(1)
-    if not report.outcomes:
-        raise TransmuteError(f"no input files found in {', '.join(inputs)} for pipeline '{built.name}'")
+    name = Path(pipeline).stem if pipeline.endswith(".toml") else pipeline
+    printer = RunPrinter(name, outdir, quiet)
+    report = run(pipeline, inputs, outdir, overrides=overrides, device=device, batch_size=batch_size, count=count,
+                 overwrite=overwrite, workers=workers, tf32=tf32, on_start=printer.start,
+                 on_outcome=printer.outcome)
+    printer.finish(report)
 
 
 @cli.group("train", cls=TrainGroup)

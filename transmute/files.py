@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
@@ -90,33 +91,6 @@ def _write_failure(exc: Exception, tmp: Path, path: Path) -> str | None:
     return None  # not about writing (e.g. a writer's complaint about the data): raised as it is
 
 
-def remove_stale_temporaries(folder: Path) -> list[Path]:
-    """Remove the temporary files that atomic_path calls left when their process was killed.
-
-    Only files named as atomic_path names them (.NAME.PID.part) whose process
-    is gone are removed; a live writer's file is left alone.
-    """
-    removed = []
-    for tmp in Path(folder).glob(".*.part") if Path(folder).is_dir() else ():
-        pid = tmp.name[: -len(".part")].rsplit(".", 1)[-1]
-        if not pid.isdigit() or (int(pid) != os.getpid() and _alive(int(pid))):
-            continue
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-            removed.append(tmp)
-    return removed
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 @dataclass
 class InputFile:
     path: Path
@@ -194,3 +168,52 @@ def discover(
 
 def _identity(stat: os.stat_result) -> tuple[int, int]:
     return stat.st_dev, stat.st_ino
+
+
+def remove_stale_temporaries(folder: Path) -> list[Path]:
+    """Remove the `.NAME.PID.part` files that killed runs left in `folder` (recursively).
+
+    atomic_path removes its temporary file on any error, but not when the
+    process is killed outright (SIGKILL, power loss). A temporary file is stale
+    when its process is gone, or when that PID now belongs to a process started
+    after the file was last written (the PID was reused). A file that a running
+    process is still writing is left alone.
+    """
+    removed = []
+    for root, _, names in os.walk(folder):
+        for name in names:
+            match = _TEMPORARY.match(name)
+            path = Path(root, name)
+            if match and _is_stale(path, int(match["pid"])):
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+                    removed.append(path)
+    return removed
+
+
+_TEMPORARY = re.compile(r"^\..+\.(?P<pid>\d+)\.part$")
+
+
+def _is_stale(path: Path, pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, OverflowError):  # gone, or a number no process can have
+        return True
+    except PermissionError:
+        pass  # alive, another user's
+    started = _process_started(pid)
+    try:
+        return started is not None and path.stat().st_mtime < started - 2  # boot time has 1 s resolution
+    except FileNotFoundError:
+        return False
+
+
+def _process_started(pid: int) -> float | None:
+    """When process `pid` started (seconds since the epoch), from /proc; None where there is no /proc."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        boot = next(float(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
+                    if line.startswith("btime "))
+        return boot + int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22, counted after "pid (comm)"
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None

@@ -1,30 +1,52 @@
-"""Running a pipeline over files (or a generator) in batches.
+"""Running a pipeline over files (or a generator) in batches: `transmute.run`.
 
-Inputs are loaded one by one (a bad file is reported and skipped), gathered
-into batches of equal spec, run through the transforms on the chosen device,
-split back into items and saved atomically. Outputs that already exist are
-skipped unless overwrite is set, so an interrupted run continues where it
-stopped. A batch that fails is retried item by item, so one bad item never
-takes its neighbours down.
+Inputs are decoded by worker threads while the model computes on the calling
+thread; loaded items wait in groups of equal collate key (same image size, same
+spectrogram spec) until a group fills a batch, so mixed inputs still form full
+batches. Each batch runs through the transforms on the chosen device, is split
+back into items, and the items are encoded and saved atomically by the workers.
+Outputs that already exist are skipped unless overwrite is set, so an
+interrupted run continues where it stopped. A batch that fails is retried item
+by item, so one bad item never takes its neighbours down.
+
+Nothing here prints or exits: `run` returns a Report (one Outcome per input:
+status, reason, warnings, timings); setup problems raise TransmuteError.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
+import contextlib
 import os
+import signal
+import threading
+import time
 import traceback
+import warnings
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 from transmute.devices import resolve_device
 from transmute.errors import InputError, TransmuteError, one_line
-from transmute.files import atomic_path, discover
+from transmute.files import atomic_path, discover, remove_stale_temporaries
 from transmute.pipeline import Pipeline
-
 
 # A batch is cut short past this many input elements (about 6 minutes of 22 kHz
 # audio), so a folder of long files never needs many times one file's memory.
 MAX_BATCH_ELEMENTS = 1 << 23
+# Items waiting for their group to fill a batch are bounded too: past these, the
+# oldest group is run as it is (a partial batch) so memory and latency stay bounded.
+MAX_PENDING_ELEMENTS = 4 * MAX_BATCH_ELEMENTS
+PENDING_BATCHES = 4  # items pending in all groups together: at most this many batches' worth
+
+UNREADABLE = "permission denied: cannot read this file; check its permissions (e.g. chmod u+r)"
+
+
+def default_workers() -> int:
+    """Decode/encode threads beside the compute thread: one per core, at least 2, at most 8."""
+    return max(2, min(8, os.cpu_count() or 1))
 
 
 @dataclass
@@ -40,13 +62,23 @@ class Outcome:
     job: Job
     status: str  # written | skipped | failed
     reason: str = ""
+    warnings: list[str] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)  # seconds: load, compute (its share of the batch), save
 
 
 @dataclass
 class Report:
+    """What a run did. outcomes are in input order, whatever the worker count."""
+
+    pipeline: str = ""
     outcomes: list[Outcome] = field(default_factory=list)
     ignored: list[Path] = field(default_factory=list)
-    interrupted: bool = False
+    interrupted: int = 0  # the signal that stopped the run (signal.SIGINT, signal.SIGTERM), 0 if it finished
+    device: str = ""
+    workers: int = 0
+    batch_sizes: list[int] = field(default_factory=list)  # every batch formed, in the order it ran
+    removed_temporaries: list[Path] = field(default_factory=list)  # stale .part files of killed runs
+    seconds: float = 0.0
 
     def _with(self, status):
         return [o for o in self.outcomes if o.status == status]
@@ -63,12 +95,230 @@ class Report:
     def failed(self):
         return self._with("failed")
 
+    @property
+    def warnings(self) -> list[tuple[Outcome, str]]:
+        return [(o, w) for o in self.outcomes for w in o.warnings]
+
     def summary(self) -> str:
         parts = [f"{len(self.written)} written", f"{len(self.skipped)} skipped (already there)",
                  f"{len(self.failed)} failed"]
         if self.ignored:
             parts.append(f"{len(self.ignored)} ignored (not for this pipeline)")
+        if self.warnings:
+            parts.append(f"{len(self.warnings)} warning(s)")
         return ", ".join(parts)
+
+
+class Interrupted(KeyboardInterrupt):
+    """A stop request by signal (SIGTERM from a scheduler or `timeout`), handled like Ctrl-C."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+# --------------------------------------------------------------------------- the API
+
+
+def run(
+    pipeline,
+    inputs: Iterable[str | os.PathLike] = (),
+    output: str | os.PathLike = "",
+    *,
+    overrides: Iterable = (),
+    device: str | None = None,
+    batch_size: int | None = None,
+    count: int | None = None,
+    overwrite: bool = False,
+    workers: int | None = None,
+    tf32: bool | None = None,
+    on_start: Callable[[int], None] | None = None,
+    on_outcome: Callable[[Outcome], None] | None = None,
+) -> Report:
+    """Run `pipeline` over `inputs` (files and folders) into the folder `output`; return a Report.
+
+    pipeline: a registered name, a .toml path, a dict in pipeline-file form, or
+    a built Pipeline. overrides: "stage.param=value" strings or (stage, param,
+    value) tuples. count: how many items a generating pipeline makes. workers:
+    decode/encode threads (0: everything on the calling thread; default
+    default_workers()). tf32: allow TensorFloat-32 on CUDA (default off, or
+    TRANSMUTE_TF32=1). on_start(total) is called once the inputs are known;
+    on_outcome(outcome) for each input, in input order.
+
+    Never prints or exits. Setup problems (unknown pipeline, bad parameter, no
+    inputs, a device that is not there) raise TransmuteError; a bad input is a
+    failed Outcome and the rest go on. Ctrl-C or SIGTERM stops the run cleanly
+    (no half-written outputs) and returns the Report with `interrupted` set to
+    the signal number.
+    """
+    built = _build(pipeline, list(overrides))
+    inputs = [str(p) for p in inputs]
+    if built.is_generator:
+        if inputs:
+            raise TransmuteError(f"pipeline '{built.name}' generates its items; give --count N instead of inputs")
+    elif not inputs:
+        raise TransmuteError(f"pipeline '{built.name}' needs input files or folders")
+    elif count is not None:
+        raise TransmuteError("--count is for generating pipelines; this one reads inputs")
+    if not str(output):
+        raise TransmuteError("no output folder given")
+    runner = Runner(built, Path(output), overwrite=overwrite, device=device, batch_size=batch_size,
+                    workers=workers, tf32=tf32, on_outcome=on_outcome)
+    jobs = runner.plan_generated(count or 1) if built.is_generator else runner.plan_files(inputs)
+    if not jobs and not runner.report.outcomes:
+        raise TransmuteError(_nothing_found(inputs, runner.report.ignored, built.name))
+    if on_start is not None:
+        on_start(len(jobs) + len(runner.report.outcomes))
+    with _stop_on_sigterm():
+        return runner.run_generator(jobs) if built.is_generator else runner.run_files(jobs)
+
+
+def _build(pipeline, overrides: list) -> Pipeline:
+    if isinstance(pipeline, Pipeline):
+        if overrides:
+            raise TransmuteError("overrides apply while a pipeline is built; pass its name, path or dict instead")
+        return pipeline
+    from transmute.pipeline import build_from_dict, build_pipeline
+    from transmute.plugins import get_manager
+
+    registry = get_manager().registry
+    if isinstance(pipeline, dict):
+        return build_from_dict(pipeline, registry, overrides=overrides)
+    return build_pipeline(str(pipeline), registry, overrides)
+
+
+def _nothing_found(inputs: list[str], ignored: list[Path], pipeline: str) -> str:
+    where = ", ".join(inputs)
+    if ignored:
+        shown = ", ".join(p.name for p in ignored[:3]) + (", ..." if len(ignored) > 3 else "")
+        return (f"no input files for pipeline '{pipeline}' in {where}: {len(ignored)} file(s) there are "
+                f"not for it ({shown})")
+    return f"no input files found in {where} for pipeline '{pipeline}'"
+
+
+@contextlib.contextmanager
+def _stop_on_sigterm():
+    """While running, SIGTERM stops the run the way Ctrl-C does (summary, no partial files)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be set from the main thread
+        return
+
+    def stop(signum, frame):
+        raise Interrupted(signum)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+# --------------------------------------------------------------------------- workers and warnings
+
+
+class _Inline(concurrent.futures.Executor):
+    """workers=0: each task runs at once on the calling thread."""
+
+    def submit(self, fn, /, *args, **kwargs):
+        future = concurrent.futures.Future()
+        try:
+            future.set_result(fn(*args, **kwargs))
+        except Exception as exc:
+            future.set_exception(exc)
+        return future
+
+
+class _WarningRouter:
+    """Sends warnings raised while a job's file is decoded or encoded to that job, on any thread.
+
+    warnings.catch_warnings changes process-wide state, so it is entered once,
+    around the whole run, and each worker thread names its current job in a
+    thread-local; warnings raised outside a job go where they always went.
+    """
+
+    def __init__(self):
+        self.local = threading.local()
+
+    @contextlib.contextmanager
+    def installed(self):
+        from transmute.errors import InputWarning
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("always", InputWarning)  # every file's warning, not only the first
+            original = warnings.showwarning
+
+            def show(message, category, filename, lineno, file=None, line=None):
+                sink = getattr(self.local, "sink", None)
+                if sink is None:
+                    return original(message, category, filename, lineno, file, line)
+                text = " ".join(str(message).split())
+                sink.append(text if issubclass(category, InputWarning) else f"{category.__name__}: {text}")
+
+            warnings.showwarning = show
+            yield
+
+    @contextlib.contextmanager
+    def collect(self, sink: list[str]):
+        self.local.sink = sink
+        try:
+            yield
+        finally:
+            self.local.sink = None
+
+
+@dataclass
+class _Done:
+    """What a worker returns for one job: a loaded item or an error, its warnings and its time."""
+
+    value: object = None
+    error: BaseException | None = None
+    warnings: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+@dataclass
+class _Pending:
+    index: int
+    job: Job
+    item: object
+    warnings: list[str]
+    timings: dict[str, float]
+
+
+class _Groups:
+    """Loaded items waiting for a batch, one group per collate key, oldest group first."""
+
+    def __init__(self, batch_size: int, max_items: int, max_elements: int):
+        self.batch_size, self.max_items, self.max_elements = batch_size, max_items, max_elements
+        self.groups: dict[object, list[_Pending]] = {}
+        self.items = self.elements = 0
+
+    def add(self, entry: _Pending) -> list[list[_Pending]]:
+        """Add one item; return the batches that are ready to run."""
+        ready = []
+        key, size = entry.item.collate_key(), entry.item.data.numel()
+        group = self.groups.get(key)
+        if group and sum(p.item.data.numel() for p in group) + size > MAX_BATCH_ELEMENTS:
+            ready.append(self._pop(key))
+        self.groups.setdefault(key, []).append(entry)
+        self.items, self.elements = self.items + 1, self.elements + size
+        if len(self.groups[key]) >= self.batch_size:
+            ready.append(self._pop(key))
+        while self.groups and (self.items > self.max_items or self.elements > self.max_elements):
+            ready.append(self._pop(next(iter(self.groups))))  # dicts keep insertion order: the oldest group
+        return ready
+
+    def drain(self) -> list[list[_Pending]]:
+        return [self._pop(key) for key in list(self.groups)]
+
+    def _pop(self, key) -> list[_Pending]:
+        group = self.groups.pop(key)
+        self.items -= len(group)
+        self.elements -= sum(p.item.data.numel() for p in group)
+        return group
+
+
+# --------------------------------------------------------------------------- the runner
 
 
 class Runner:
@@ -80,6 +330,8 @@ class Runner:
         overwrite: bool = False,
         device: str | None = None,
         batch_size: int | None = None,
+        workers: int | None = None,
+        tf32: bool | None = None,
         on_outcome: Callable[[Outcome], None] | None = None,
     ):
         self.pipeline = pipeline
@@ -87,8 +339,15 @@ class Runner:
         self.overwrite = overwrite
         self.device = str(resolve_device(device or pipeline.device))
         self.batch_size = batch_size or pipeline.batch_size
+        self.workers = default_workers() if workers is None else workers
+        if self.workers < 0:
+            raise TransmuteError(f"--workers {self.workers}: expected 0 or more")
+        self.tf32 = os.environ.get("TRANSMUTE_TF32", "") not in ("", "0") if tf32 is None else tf32
         self.on_outcome = on_outcome or (lambda outcome: None)
-        self.report = Report()
+        self.report = Report(pipeline.name, device=self.device, workers=self.workers)
+        self._router = _WarningRouter()
+        self._finished: dict[int, Outcome] = {}  # outcomes waiting for earlier inputs', to keep input order
+        self._next = 0
         self._ready = False
 
     # ---------------------------------------------------------------- planning
@@ -101,16 +360,21 @@ class Runner:
         suffix = self.pipeline.saver.suffix()
         jobs: list[Job] = []
         for raw, reason in missing:
-            self._record(Job(raw, raw, Path()), "failed", reason)
+            self._emit(Outcome(Job(raw, raw, Path()), "failed", reason))
         claimed: dict[Path, str] = {}
+        seen: set[Path] = set()
         for f in files:
             resolved = f.path.resolve()
+            if resolved in seen:  # named twice, or named and inside a folder also named: once is enough
+                continue
+            seen.add(resolved)
             output = self.outdir / f.relative.with_suffix(suffix)
             job = Job(str(f.path), f.relative.with_suffix("").as_posix(), output, f.path)
             if output.resolve() == resolved:
-                self._record(job, "failed", "the output would overwrite the input; choose another output folder")
+                self._emit(Outcome(job, "failed", "the output would overwrite the input; choose another output folder"))
             elif output in claimed:
-                self._record(job, "failed", f"output {output} is also the output of {claimed[output]}; rename one")
+                self._emit(Outcome(job, "failed", f"output {output} is also the output of {claimed[output]}; "
+                                                  "rename one"))
             else:
                 claimed[output] = job.label
                 jobs.append(job)
@@ -122,135 +386,268 @@ class Runner:
         return [Job(f"sample-{i:0{width}d}", f"sample-{i:0{width}d}",
                     self.outdir / f"sample-{i:0{width}d}{suffix}") for i in range(count)]
 
-    # ---------------------------------------------------------------- running
+    # ---------------------------------------------------------------- setting up
     def _setup(self) -> None:
-        if not self._ready:
-            try:
-                self.outdir.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                raise TransmuteError(f"{self.outdir}: cannot create the output folder ({exc.strerror or exc})") from None
-            for stage in self.pipeline.stages:
-                try:
-                    stage.setup(self.device)
-                except TransmuteError as exc:
-                    raise TransmuteError(f"{self.pipeline.source}: stage '{stage.label}' ({stage.name}): {exc}") from None
-                except Exception as exc:
-                    if os.environ.get("TRANSMUTE_DEBUG"):
-                        traceback.print_exception(exc)
-                    raise TransmuteError(
-                        f"{self.pipeline.source}: stage '{stage.label}' ({stage.name}) failed to set up: {one_line(exc)}"
-                    ) from None
-            self._ready = True
-
-    def run_files(self, jobs: list[Job]) -> Report:
-        self._setup()
-        loader = self.pipeline.first
-        pending: list[tuple[Job, object]] = []
+        if self._ready:
+            return
         try:
-            for job in jobs:
-                if self._exists(job):
-                    continue
-                try:
-                    item = loader.load(job.source)
-                    item.names = [job.name]
-                    _check_finite(item, "the input contains NaN or infinite values")
-                except KeyboardInterrupt:
-                    raise
-                except Exception as exc:
-                    self._fail(job, exc)
-                    continue
-                size = sum(p[1].data.numel() for p in pending) + item.data.numel()
-                if pending and (len(pending) >= self.batch_size or size > MAX_BATCH_ELEMENTS
-                                or pending[0][1].collate_key() != item.collate_key()):
-                    self._flush(pending)
-                    pending = []
-                pending.append((job, item))
-            self._flush(pending)
-        except KeyboardInterrupt:
-            self.report.interrupted = True
-        return self.report
+            self.outdir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise TransmuteError(f"{self.outdir}: cannot create the output folder ({exc.strerror or exc})") from None
+        self.report.removed_temporaries = remove_stale_temporaries(self.outdir)
+        if self.device.startswith("cuda"):
+            _set_tf32(self.tf32)
+        for stage in self.pipeline.stages:
+            try:
+                stage.setup(self.device)
+            except TransmuteError as exc:
+                raise TransmuteError(f"{self.pipeline.source}: stage '{stage.label}' ({stage.name}): {exc}") from None
+            except Exception as exc:
+                if os.environ.get("TRANSMUTE_DEBUG"):
+                    traceback.print_exception(exc)
+                raise TransmuteError(
+                    f"{self.pipeline.source}: stage '{stage.label}' ({stage.name}) failed to set up: {one_line(exc)}"
+                ) from None
+        self._ready = True
+
+    def _executor(self) -> concurrent.futures.Executor:
+        # Threads, not processes: the decoders and encoders (libsndfile, soxr,
+        # Pillow, numpy) release the GIL while they work, a thread shares the
+        # loaded stages and their parameters for free, and items come back as
+        # tensors without pickling. Worker processes would pay a spawn plus a
+        # plugin import each (about a second) and copy every tensor twice, which
+        # costs more than it saves on the short files a batch job is made of;
+        # benchmarks/bench_batch_io.py measures the gain.
+        if self.workers == 0:
+            return _Inline()
+        return concurrent.futures.ThreadPoolExecutor(self.workers, thread_name_prefix="transmute-io")
+
+    # ---------------------------------------------------------------- running
+    def run_files(self, jobs: list[Job]) -> Report:
+        return self._run(jobs, self._load_ahead)
 
     def run_generator(self, jobs: list[Job]) -> Report:
-        self._setup()
-        generator = self.pipeline.first
-        todo = [job for job in jobs if not self._exists(job)]
-        try:
-            for start in range(0, len(todo), self.batch_size):
-                chunk = todo[start : start + self.batch_size]
-                try:
-                    import torch
+        return self._run(jobs, self._generate)
 
-                    with torch.inference_mode():
-                        batch = generator.generate(len(chunk), [job.name for job in chunk])
-                except KeyboardInterrupt:
-                    raise
-                except Exception as exc:
-                    for job in chunk:
-                        self._fail(job, exc)
-                    continue
-                self._flush(list(zip(chunk, batch.items())))
-        except KeyboardInterrupt:
-            self.report.interrupted = True
+    def _run(self, jobs: list[Job], produce) -> Report:
+        started = time.perf_counter()
+        self._setup()
+        todo = []
+        for index, job in enumerate(jobs):
+            if job.output.exists() and not self.overwrite:
+                self._finish(index, Outcome(job, "skipped"))
+            else:
+                todo.append((index, job))
+        executor = self._executor()
+        self._loads: deque = deque()  # (index, job, future) decoding ahead of the compute
+        self._saves: deque = deque()  # (pending entry, future) encoding behind it
+        try:
+            with self._router.installed():
+                try:
+                    for batch in produce(todo, executor):
+                        self._compute(batch, executor)
+                        self._collect_saves(block=len(self._saves) > 2 * max(self.workers, 1) + self.batch_size)
+                    self._collect_saves(block=True, everything=True)
+                except KeyboardInterrupt as exc:
+                    self.report.interrupted = getattr(exc, "signum", signal.SIGINT)
+                    # Inputs not yet decoded are dropped; outputs already computed are still
+                    # written (atomically), so the work done is kept and nothing is half-written.
+                    for _, _, future in self._loads:
+                        future.cancel()
+                    executor.shutdown(wait=True)
+                    self._collect_saves(block=False, everything=True, draining=True)
+        finally:
+            executor.shutdown(wait=True, cancel_futures=True)
+            self._flush_outcomes(force=True)
+            self.report.seconds += time.perf_counter() - started
         return self.report
 
-    def _exists(self, job: Job) -> bool:
-        if job.output.exists() and not self.overwrite:
-            self._record(job, "skipped")
-            return True
-        return False
+    def _load_ahead(self, todo, executor):
+        """Decode inputs on the workers a window ahead of the compute; yield full batches in input order."""
+        groups = _Groups(self.batch_size, PENDING_BATCHES * self.batch_size, MAX_PENDING_ELEMENTS)
+        window = self.batch_size + 2 * self.workers
+        queue = self._loads
+        todo = iter(todo)
+        while True:
+            for index, job in todo:
+                queue.append((index, job, executor.submit(self._load, job)))
+                if len(queue) >= window:
+                    break
+            if not queue:
+                break
+            index, job, future = queue.popleft()
+            done = future.result()
+            if done.error is not None:
+                self._fail(index, job, done.error, done.warnings, {"load": done.seconds})
+                continue
+            yield from groups.add(_Pending(index, job, done.value, done.warnings, {"load": done.seconds}))
+        yield from groups.drain()
+
+    def _generate(self, todo, executor):
+        import torch
+
+        for start in range(0, len(todo), self.batch_size):
+            chunk = todo[start : start + self.batch_size]
+            began = time.perf_counter()
+            try:
+                with torch.inference_mode():
+                    batch = self.pipeline.first.generate(len(chunk), [job.name for _, job in chunk])
+            except KeyboardInterrupt:
+                raise
+            except Exception as exc:
+                for index, job in chunk:
+                    self._fail(index, job, exc)
+                continue
+            share = (time.perf_counter() - began) / len(chunk)
+            yield [_Pending(index, job, item, [], {"load": share}) for (index, job), item in zip(chunk, batch.items())]
+
+    def _load(self, job: Job) -> _Done:
+        """On a worker: read one input (a bad one becomes an error, not an exception)."""
+        began = time.perf_counter()
+        done = _Done()
+        with self._router.collect(done.warnings):
+            try:
+                # Checked here, not by the command line, so one unreadable file fails alone.
+                if not os.access(job.source, os.R_OK):
+                    raise PermissionError(13, "Permission denied")
+                item = self.pipeline.first.load(job.source)
+                item.names = [job.name]
+                _check_finite(item, "the input contains NaN or infinite values")
+                done.value = item
+            except PermissionError:
+                done.error = InputError(UNREADABLE)
+            except Exception as exc:
+                done.error = exc
+        done.seconds = time.perf_counter() - began
+        return done
+
+    def _compute(self, batch: list[_Pending], executor, retry: bool = False) -> None:
+        """Run one batch through the transforms and queue its items' saves."""
+        if not retry:
+            self.report.batch_sizes.append(len(batch))
+        began = time.perf_counter()
+        try:
+            signal_type = type(batch[0].item)
+            results = self._transform(signal_type.collate([p.item for p in batch])).items()
+        except KeyboardInterrupt:
+            raise
+        except Exception as exc:
+            if len(batch) > 1:  # find the item that fails; the others go on
+                for entry in batch:
+                    self._compute([entry], executor, retry=True)
+            else:
+                entry = batch[0]
+                self._fail(entry.index, entry.job, exc, entry.warnings, entry.timings)
+            return
+        share = (time.perf_counter() - began) / len(batch)
+        for entry, item in zip(batch, results):
+            entry.timings["compute"] = share
+            self._saves.append((entry, executor.submit(self._save, entry.job, item)))
 
     def _transform(self, batch):
         import torch
 
-        signal = batch.to(self.device)
+        signal_ = _to_device(batch, self.device)
+        finite = []
         with torch.inference_mode():
             for stage in self.pipeline.transforms:
-                signal = stage.process(signal)
-                _check_finite(signal, f"stage '{stage.label}' ({stage.name}) produced NaN or infinite values")
-        return signal.to("cpu")
+                signal_ = stage.process(signal_)
+                if signal_.data.is_floating_point():
+                    finite.append((stage, torch.isfinite(signal_.data).all()))
+            # One host sync per batch for the NaN checks of every stage, not one per stage.
+            if finite:
+                flags = torch.stack([flag for _, flag in finite]).cpu().tolist()
+                for (stage, _), ok in zip(finite, flags):
+                    if not ok:
+                        raise InputError(f"stage '{stage.label}' ({stage.name}) produced NaN or infinite values")
+        return signal_.to("cpu")
 
-    def _flush(self, pending: list[tuple[Job, object]]) -> None:
-        if not pending:
-            return
-        try:
-            batch = type(pending[0][1]).collate([item for _, item in pending])
-            results = self._transform(batch).items()
-        except KeyboardInterrupt:
-            raise
-        except Exception as exc:
-            if len(pending) > 1:  # find the item that fails; the others go on
-                for entry in pending:
-                    self._flush([entry])
-            else:
-                self._fail(pending[0][0], exc)
-            return
-        saver = self.pipeline.saver
-        for (job, _), item in zip(pending, results):
+    def _save(self, job: Job, item) -> _Done:
+        """On a worker: write one output atomically."""
+        began = time.perf_counter()
+        done = _Done()
+        with self._router.collect(done.warnings):
             try:
                 with atomic_path(job.output) as tmp:
-                    saver.save(item, tmp)
-            except KeyboardInterrupt:
-                raise
+                    self.pipeline.saver.save(item, tmp)
             except Exception as exc:
-                self._fail(job, exc)
+                done.error = exc
+        done.seconds = time.perf_counter() - began
+        return done
+
+    def _collect_saves(self, block: bool, everything: bool = False, draining: bool = False) -> None:
+        """Record finished saves in order; wait for the oldest if block (once, or for all if everything).
+
+        draining: after an interrupt, drop the saves it cancelled or stopped.
+        """
+        while self._saves:
+            entry, future = self._saves[0]
+            if not future.done() and not block:
+                return
+            if future.cancelled() or (draining and isinstance(future.exception(), KeyboardInterrupt)):
+                self._saves.popleft()
                 continue
-            self._record(job, "written")
+            done = future.result()  # a KeyboardInterrupt raised on a worker comes out here
+            self._saves.popleft()
+            warnings_ = entry.warnings + done.warnings
+            timings = dict(entry.timings, save=done.seconds)
+            if done.error is not None:
+                self._fail(entry.index, entry.job, done.error, warnings_, timings)
+            else:
+                self._finish(entry.index, Outcome(entry.job, "written", "", warnings_, timings))
+            if not everything:
+                block = False
 
     # ---------------------------------------------------------------- reporting
-    def _fail(self, job: Job, exc: BaseException) -> None:
+    def _fail(self, index: int, job: Job, exc: BaseException, warnings_=(), timings=None) -> None:
         if os.environ.get("TRANSMUTE_DEBUG") and not isinstance(exc, TransmuteError):
             traceback.print_exception(exc)
-        self._record(job, "failed", one_line(exc))
+        self._finish(index, Outcome(job, "failed", one_line(exc), list(warnings_), dict(timings or {})))
 
-    def _record(self, job: Job, status: str, reason: str = "") -> None:
-        outcome = Outcome(job, status, reason)
+    def _finish(self, index: int, outcome: Outcome) -> None:
+        self._finished[index] = outcome
+        self._flush_outcomes()
+
+    def _flush_outcomes(self, force: bool = False) -> None:
+        """Pass on outcomes in input order; at the end (force), also those after a gap an interrupt left."""
+        while self._finished:
+            if self._next not in self._finished:
+                if not force:
+                    return
+                self._next = min(self._finished)
+            self._emit(self._finished.pop(self._next))
+            self._next += 1
+
+    def _emit(self, outcome: Outcome) -> None:
         self.report.outcomes.append(outcome)
         self.on_outcome(outcome)
 
 
-def _check_finite(signal, message: str) -> None:
+def _to_device(batch, device: str):
+    """Move a batch to the device once; from pinned memory, so the copy does not stall the host."""
+    if not device.startswith("cuda"):
+        return batch
+    return batch.replace(data=batch.data.pin_memory().to(device, non_blocking=True))
+
+
+def _set_tf32(enabled: bool) -> None:
+    """TensorFloat-32 only when asked: it rounds fp32 matmuls and convolutions to 10-bit mantissas,
+    which made the converter's CUDA output differ from the CPU's by up to 32%."""
     import torch
 
-    data = signal.data
+    precision = "tf32" if enabled else "ieee"
+    if hasattr(torch.backends.cudnn, "conv") and hasattr(torch.backends.cuda.matmul, "fp32_precision"):
+        torch.backends.cuda.matmul.fp32_precision = precision  # torch >= 2.9; never mix with the legacy flags
+        torch.backends.cudnn.conv.fp32_precision = precision
+        torch.backends.cudnn.rnn.fp32_precision = precision
+    else:  # pragma: no cover - older torch
+        torch.backends.cuda.matmul.allow_tf32 = enabled
+        torch.backends.cudnn.allow_tf32 = enabled
+
+
+def _check_finite(signal_, message: str) -> None:
+    import torch
+
+    data = signal_.data
     if data.is_floating_point() and not bool(torch.isfinite(data).all()):
         raise InputError(message)

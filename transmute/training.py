@@ -689,8 +689,7 @@ def _prepare_run_dir(run_dir: Path, state_path: Path, resume: bool) -> None:
     if state_path.exists() and not resume:
         raise TransmuteError(f"{run_dir}: already holds a training run; add --resume to continue it "
                              "or choose a new --out folder")
-    for folder in (run_dir, state_path.parent, run_dir / "samples"):
-        remove_stale_temporaries(folder)
+    remove_stale_temporaries(run_dir)  # checkpoints/ and samples/ too
 
 
 def _keep_log_to(path: Path, step: int) -> None:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from transmute.cli import tf32_option, workers_option
 from transmute.training import config_from_options, training_options
 from transmute_cyclegan_vc import DEFAULT_MODEL
 
@@ -46,23 +47,29 @@ def train_command(a_dir, b_dir, preset, name_a, name_b, **options):
 
 
 @click.command("convert-voice")
-@click.argument("inputs", nargs=-1, required=True, type=click.Path())
-@click.option("-o", "--output", "outdir", required=True, type=click.Path(file_okay=False),
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(readable=False))
+@click.option("-o", "--output", "outdir", required=True, type=click.Path(file_okay=False, readable=False),
               help="Folder for the converted files.")
 @click.option("--model", default=DEFAULT_MODEL, show_default=True,
               help="A converter checkpoint (RUN/model.safetensors) or a built-in model name.")
 @click.option("--direction", default="a2b", show_default=True, type=click.Choice(["a2b", "b2a"]),
               help="a2b: speaker A -> B as trained (--a -> --b); b2a: the other way.")
 @click.option("--griffinlim-iters", default=32, show_default=True, type=click.IntRange(min=1))
-@click.option("--device", default=None, type=click.Choice(["auto", "cpu", "cuda"]))
+@click.option("--device", default=None, metavar="auto|cpu|cuda[:N]", help="Where the model runs (default: auto).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None)
 @click.option("--overwrite", is_flag=True, help="Replace outputs that already exist.")
+@workers_option
+@tf32_option
 @click.option("-q", "--quiet", is_flag=True)
-def convert_voice_command(inputs, outdir, model, direction, griffinlim_iters, device, batch_size, overwrite, quiet):
+def convert_voice_command(inputs, outdir, model, direction, griffinlim_iters, device, batch_size, overwrite,
+                          workers, tf32, quiet):
     """Convert speech files or folders to the other speaker's voice (pipeline voice-conversion)."""
-    from transmute.cli import execute_run
+    from transmute import run
+    from transmute.cli import RunPrinter
 
     overrides = [("mel", "spec_from", model), ("convert", "model", model), ("convert", "direction", direction),
                  ("griffinlim", "n_iter", griffinlim_iters)]
-    execute_run("voice-conversion", inputs, outdir, overrides, device=device, batch_size=batch_size,
-                overwrite=overwrite, quiet=quiet)
+    printer = RunPrinter("voice-conversion", outdir, quiet)
+    report = run("voice-conversion", inputs, outdir, overrides=overrides, device=device, batch_size=batch_size,
+                 overwrite=overwrite, workers=workers, tf32=tf32, on_start=printer.start, on_outcome=printer.outcome)
+    printer.finish(report)

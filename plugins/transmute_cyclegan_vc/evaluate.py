@@ -259,16 +259,17 @@ def eval_vc_command(model, source, target, direction, converted, as_json):
     """Convert the source utterances and measure them against the target speaker's."""
     import tempfile
 
-    from transmute.cli import execute_run
+    from transmute import run
 
     with tempfile.TemporaryDirectory() as scratch:
         out = converted or Path(scratch) / "converted"
         overrides = [("mel", "spec_from", model), ("convert", "model", model), ("convert", "direction", direction)]
-        try:
-            execute_run("voice-conversion", [str(source)], str(out), overrides, quiet=True)
-        except SystemExit as exc:
-            if exc.code:
-                raise click.ClickException("some source files could not be converted (see above)") from None
+        conversion = run("voice-conversion", [source], out, overrides=overrides)
+        if conversion.interrupted:
+            raise click.Abort()
+        if conversion.failed:
+            lines = [f"{o.job.label}: {o.reason}" for o in conversion.failed]
+            raise click.ClickException(f"{len(lines)} source file(s) could not be converted: {'; '.join(lines)}")
         report = evaluate(out, source, target, direction)
     click.echo(report.text())
     if as_json:
