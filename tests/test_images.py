@@ -342,3 +342,18 @@ def test_webp_and_suffixes(tmp_path):
     SaveImages(format="webp", quality=80).save(signal, tmp_path / "x.webp.part")
     saved = read(tmp_path / "x.webp.part")
     assert saved.format == "WEBP" and saved.size == (8, 8)
+
+
+def test_pillows_pixel_limit_is_restored_only_when_the_last_overlapping_load_ends():
+    # Loads run on several threads: one that ends must not switch Pillow's check back on under another.
+    from PIL import Image
+    from transmute_image.stages import _own_pixel_limit
+
+    before = Image.MAX_IMAGE_PIXELS
+    first, second = _own_pixel_limit(), _own_pixel_limit()
+    first.__enter__()
+    second.__enter__()
+    first.__exit__(None, None, None)
+    assert Image.MAX_IMAGE_PIXELS is None
+    second.__exit__(None, None, None)
+    assert Image.MAX_IMAGE_PIXELS == before

@@ -199,7 +199,7 @@ def test_an_unreadable_file_fails_alone(tmp_path):
     finally:
         locked.chmod(0o644)
     assert result.exit_code == 1
-    assert f"FAILED {locked}: permission denied: cannot read this file" in result.output
+    assert f"FAILED {locked}: cannot read: permission denied" in result.output
     assert (tmp_path / "out" / "a.wav").exists()
 
 
@@ -212,8 +212,7 @@ def test_an_unreadable_file_fails_alone_faked(tmp_path, monkeypatch):
     # Before, click refused the whole command: "Invalid value for '[INPUTS]...': Path ... is not readable."
     result = cli_run("run", "resynthesize", locked, src / "a.wav", "-o", tmp_path / "out", "--set", *FAST)
     assert result.exit_code == 1, result.output
-    assert (f"FAILED {locked}: permission denied: cannot read this file; check its permissions (e.g. chmod u+r)"
-            in result.output)
+    assert f"FAILED {locked}: cannot read: permission denied" in result.output
     assert "1 written, 0 skipped (already there), 1 failed" in result.output
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.wav"]
 

@@ -17,7 +17,13 @@ _EFFECTIVE = os.access in os.supports_effective_ids
 
 
 def check_readable(path: Path) -> None:
-    """Raise InputError('cannot read: permission denied', ...) if `path` cannot be opened for reading."""
+    """Raise InputError('cannot read: permission denied', ...) if `path` cannot be opened for reading.
+
+    The runner calls it before any loader, so a loader of any plugin that is
+    handed an unreadable file fails that file alone, with these words.
+    """
+    if not os.access(path, os.R_OK, effective_ids=_EFFECTIVE):
+        raise InputError("cannot read: permission denied")
     try:
         with open(path, "rb"):
             pass

@@ -30,7 +30,7 @@ from typing import Callable, Iterable
 
 from transmute.devices import resolve_device
 from transmute.errors import InputError, TransmuteError, one_line
-from transmute.files import atomic_path, discover, remove_stale_temporaries
+from transmute.files import atomic_path, check_readable, discover, remove_stale_temporaries
 from transmute.pipeline import Pipeline
 
 # A batch is cut short past this many input elements (about 6 minutes of 22 kHz
@@ -40,9 +40,6 @@ MAX_BATCH_ELEMENTS = 1 << 23
 # oldest group is run as it is (a partial batch) so memory and latency stay bounded.
 MAX_PENDING_ELEMENTS = 4 * MAX_BATCH_ELEMENTS
 PENDING_BATCHES = 4  # items pending in all groups together: at most this many batches' worth
-
-UNREADABLE = "permission denied: cannot read this file; check its permissions (e.g. chmod u+r)"
-
 
 def default_workers() -> int:
     """Decode/encode threads beside the compute thread: one per core, at least 2, at most 8."""
@@ -507,15 +504,11 @@ class Runner:
         done = _Done()
         with self._router.collect(done.warnings):
             try:
-                # Checked here, not by the command line, so one unreadable file fails alone.
-                if not os.access(job.source, os.R_OK):
-                    raise PermissionError(13, "Permission denied")
+                check_readable(job.source)  # here, not on the command line: one unreadable file fails alone
                 item = self.pipeline.first.load(job.source)
                 item.names = [job.name]
                 _check_finite(item, "the input contains NaN or infinite values")
                 done.value = item
-            except PermissionError:
-                done.error = InputError(UNREADABLE)
             except Exception as exc:
                 done.error = exc
         done.seconds = time.perf_counter() - began

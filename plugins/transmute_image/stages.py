@@ -8,6 +8,7 @@ Pixels travel as float32 (batch, channels, H, W) in the spec's value range.
 from __future__ import annotations
 
 import contextlib
+import threading
 import warnings
 from pathlib import Path
 
@@ -96,16 +97,32 @@ def _pixels(img, mode: str, value_range: tuple[float, float]):
     return torch.from_numpy(out).unsqueeze(0)
 
 
+_limit_lock = threading.Lock()
+_limit_users = 0
+_limit_saved = None
+
+
 @contextlib.contextmanager
 def _own_pixel_limit():
-    """Pillow's decompression-bomb check off: images.load applies max_pixels itself, with a clear message."""
+    """Pillow's decompression-bomb check off: images.load applies max_pixels itself, with a clear message.
+
+    The runner loads on several threads at once; Pillow's limit is one global,
+    so it is switched off while any load runs and restored when the last ends.
+    """
     from PIL import Image
 
-    saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+    global _limit_users, _limit_saved
+    with _limit_lock:
+        if _limit_users == 0:
+            _limit_saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+        _limit_users += 1
     try:
         yield
     finally:
-        Image.MAX_IMAGE_PIXELS = saved
+        with _limit_lock:
+            _limit_users -= 1
+            if _limit_users == 0:
+                Image.MAX_IMAGE_PIXELS = _limit_saved
 
 
 def _pixel_counts(pixels: int, limit: int) -> str:
