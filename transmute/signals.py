@@ -178,6 +178,7 @@ class Signal:
     names: list[str] = field(default_factory=list)
 
     kind: ClassVar[str] = "signal"
+    spec_type: ClassVar[type] = object  # the class of `spec`; what a stage's check() must return
     ragged: ClassVar[int] = 1
     per_item: ClassVar[tuple[str, ...]] = ()
     same_size_batches: ClassVar[bool] = False
@@ -253,6 +254,7 @@ class Waveform(Signal):
     spec: WaveformSpec = field(default_factory=WaveformSpec)
     lengths: list[int] = field(default_factory=list)
     kind: ClassVar[str] = "Waveform"
+    spec_type: ClassVar[type] = WaveformSpec
     per_item: ClassVar[tuple[str, ...]] = ("lengths",)
 
     def __post_init__(self):
@@ -274,6 +276,7 @@ class Spectrogram(Signal):
     lengths: list[int] = field(default_factory=list)
     sample_lengths: list[int] | None = None
     kind: ClassVar[str] = "Spectrogram"
+    spec_type: ClassVar[type] = FeatureSpec
     per_item: ClassVar[tuple[str, ...]] = ("lengths", "sample_lengths")
 
     def __post_init__(self):
@@ -297,6 +300,7 @@ class Images(Signal):
     sizes: list[tuple[int, int]] = field(default_factory=list)
     original_sizes: list[tuple[int, int]] = field(default_factory=list)
     kind: ClassVar[str] = "Images"
+    spec_type: ClassVar[type] = ImageSpec
     ragged: ClassVar[int] = 2
     per_item: ClassVar[tuple[str, ...]] = ("sizes", "original_sizes")
     same_size_batches: ClassVar[bool] = True
@@ -316,6 +320,7 @@ class Codes(Signal):
     spec: CodeSpec = field(default_factory=lambda: CodeSpec(codebook_size=0))
     sizes: list[tuple[int, int]] = field(default_factory=list)
     kind: ClassVar[str] = "Codes"
+    spec_type: ClassVar[type] = CodeSpec
     ragged: ClassVar[int] = 2
     per_item: ClassVar[tuple[str, ...]] = ("sizes",)
     same_size_batches: ClassVar[bool] = True

@@ -1,0 +1,101 @@
+"""The stage contract, checked when a plugin registers a stage class; the plugin API version.
+
+In-process and cheap; tests/test_plugins.py installs real plugins that break it.
+"""
+
+import types
+from pathlib import Path
+
+import pytest
+
+from transmute import PLUGIN_API_VERSION
+from transmute.hookspecs import api_satisfies, hookimpl
+from transmute.plugins import Manager, api_problem
+from transmute.signals import File, Images, Spectrogram, Waveform
+from transmute.stages import Param, Stage, contract_problem
+
+
+def stage(**attributes):
+    """A stage class: a documented Waveform transform unless attributes say otherwise."""
+    attributes = {"__doc__": "A stage.", "name": "fx.stage", "consumes": Waveform, "produces": Waveform,
+                  "process": lambda self, signal: signal, **attributes}
+    return type("Fx", (Stage,), attributes)
+
+
+def test_a_stage_that_keeps_the_contract_passes():
+    assert contract_problem(stage()) is None
+    assert contract_problem(stage(consumes=(Waveform, Spectrogram), produces=File, process=Stage.process,
+                                  save=lambda self, item, path: None, suffix=lambda self: ".x")) is None
+    assert contract_problem(stage(consumes=None, generate=lambda self, count, names: None)) is None
+    assert contract_problem(stage(params={"path": Param(Path, Path("missing"), "a file", must_exist=True),
+                                          "limit": Param(float, None, "optional", nullable=True)})) is None
+
+
+@pytest.mark.parametrize("attributes, problem", [
+    ({"name": "gain"}, "name 'gain' is not a stage type \"plugin.stage\""),
+    ({"name": ""}, "name '' is not a stage type"),
+    ({"consumes": "Waveform"}, "consumes 'Waveform' must be a signal type from transmute.signals"),
+    ({"consumes": ()}, "consumes () must be a signal type"),
+    ({"produces": None}, "produces None must be a signal type from transmute.signals"),
+    ({"produces": int}, "produces <class 'int'> must be a signal type"),
+    ({"consumes": File, "produces": File}, "it loads and saves (consumes file, produces file); a stage does one"),
+    ({"consumes": File}, "a loader must define load() (consumes file, produces Waveform)"),
+    ({"consumes": Images, "produces": File, "save": lambda self, item, path: None},
+     "a saver must define suffix() (consumes Images, produces file)"),
+    ({"__doc__": None}, "no docstring; its first line is the summary `transmute stages` shows"),
+    ({"params": [Param(int, 1)]}, "params must be a dict of {'key': Param(...)}, got list"),
+    ({"params": {"gain": 1.0}}, "params['gain']: 1.0 is not a Param; declare it as Param(type, default, \"help\"), "
+                                "e.g. Param(float, 1.0, \"...\")"),
+    ({"params": {"mode": Param(str, "x", choices=("a", "b"))}},
+     "params['mode']: its default 'x' is not a valid value: expected one of 'a', 'b', got 'x'"),
+    ({"params": {"n": Param(complex, 1j)}}, "params['n']: type <class 'complex'> is not one of int, float"),
+    ({"params": {"device": Param(str, "cpu")}}, "params['device']: 'device' is taken by the Stage base class"),
+    ({"params": {"process": Param(int, 1)}}, "params['process']: 'process' is taken by the Stage base class"),
+    ({"replaces": "logmel"}, "replaces 'logmel' is not a stage type"),
+    ({"extensions": "wav"}, "extensions must be a tuple of file suffixes"),
+])
+def test_each_breach_of_the_contract_is_named(attributes, problem):
+    assert contract_problem(stage(**attributes)).startswith(problem)
+
+
+def test_not_a_stage_class():
+    assert contract_problem(object) == "<class 'object'> is not a subclass of transmute.stages.Stage"
+    assert "is not a subclass" in contract_problem(stage()())
+
+
+def test_api_requirements():
+    assert PLUGIN_API_VERSION == "1.0"
+    for met in (">=1.0", "1.0", ">=1", "==1.0", ">=1.0,<2", "<1.1", "!=0.9"):
+        assert api_satisfies(met), met
+    for unmet in (">=1.1", ">1.0", "<1", ">=2,<3", "!=1"):
+        assert not api_satisfies(unmet), unmet
+    assert api_satisfies(">=1.2", version="1.10")  # numbers, not strings
+    with pytest.raises(ValueError, match="not a version requirement like '>=1.0'"):
+        api_satisfies(">= one")
+    assert api_problem(">=one") == ("requires_api: '>=one' is not a version requirement like '>=1.0' or "
+                                    "'>=1.0,<2'")
+    assert api_problem(None) is None and api_problem(">=1.0") is None
+
+
+def test_a_replacement_is_undone_when_its_plugin_fails_later():
+    manager = Manager(only={"audio", "late"})
+    manager.load_entry_points()
+    builtin = manager.registry.stages["audio.logmel"]
+
+    class LateMel(builtin):
+        """audio.logmel, replaced by a plugin whose next hook fails."""
+
+        name = "late.logmel"
+        replaces = "audio.logmel"
+
+    late = types.ModuleType("transmute_late")
+    late.register_stages = hookimpl(lambda register: register(LateMel))
+    assert manager.add(late, "late").status == "ok"
+    assert manager.registry.stages["audio.logmel"] is LateMel
+    assert manager.plugins["audio"].replaced_by == {"audio.logmel": "late"}
+
+    manager.fail("late", "a later hook failed")  # what a failing register_pipelines or command hook does
+    assert manager.registry.stages["audio.logmel"] is builtin
+    assert manager.registry.stage_plugin["audio.logmel"] == "audio"
+    assert "late.logmel" not in manager.registry.stages
+    assert manager.plugins["audio"].replaced_by == {}
