@@ -196,6 +196,22 @@ class Signal:
         """The valid size of item i along the ragged dimensions."""
         raise NotImplementedError
 
+    def valid_mask(self) -> "torch.Tensor":
+        """A bool tensor, True where data holds an item's own values, False on the padding.
+
+        Its shape broadcasts against `data`: (batch, 1, length) for Waveform and
+        Spectrogram, (batch, 1, H, W) for Images, (batch, H, W) for Codes. Use it
+        for any reduction over the ragged dimensions (max, mean, std), so that
+        an item gives the same result alone or in a batch.
+        """
+        masks = [length_mask([self.extent(i)[d] for i in range(len(self))], self.data.shape[-self.ragged + d],
+                             self.data.device) for d in range(self.ragged)]
+        mask = masks[0]
+        for d, other in enumerate(masks[1:], 1):  # images and codes: valid rows and valid columns
+            mask = mask.view(*mask.shape, 1) & other.view(other.shape[0], *([1] * d), other.shape[1])
+        leading = self.data.dim() - 1 - self.ragged
+        return mask.view(mask.shape[0], *([1] * leading), *mask.shape[1:])
+
     def layout_key(self):
         """Items with equal layout keys can be collated (padded along their ragged dims)."""
         return (type(self), self.spec, tuple(self.data.shape[1 : -self.ragged]))
@@ -228,6 +244,41 @@ class Signal:
             fields[f] = None if any(v is None for v in values) else [v for vs in values for v in vs]
         data = _pad_stack([x.data for x in items], cls.ragged)
         return cls(data=data, spec=first.spec, names=[n for x in items for n in x.names], **fields)
+
+
+def batch_mismatch(before: Signal, after) -> str | None:
+    """Why what a transform returned is not the batch it was given, in one line; None when it is.
+
+    The same items in the same order (count and names), each with per-item
+    sizes (lengths, sizes) that fit inside the returned data. Sizes may change:
+    a stage that changes lengths returns the new ones. For the runner, which
+    names the stage.
+    """
+    if not isinstance(after, Signal):
+        return f"process() returned {type(after).__name__}, not a signal"
+    if len(after) != len(before):
+        return f"process() was given {len(before)} items and returned {len(after)}"
+    if list(after.names) != list(before.names):
+        return f"process() returned items {list(after.names)} for {list(before.names)} (same names, same order)"
+    for f in after.per_item:
+        values = getattr(after, f)
+        if values is not None and len(values) != len(after):
+            return f"process() returned {len(values)} {f} for {len(after)} items"
+    for i in range(len(after)):
+        extent = tuple(after.extent(i))
+        room = tuple(after.data.shape[-after.ragged:])
+        if any(n > m or n < 0 for n, m in zip(extent, room)):
+            return (f"process() says item '{after.names[i] if i < len(after.names) else i}' spans {extent}, "
+                    f"but the returned data holds {room}")
+    return None
+
+
+def length_mask(lengths, size: int, device=None) -> "torch.Tensor":
+    """(len(lengths), size) bool: row i is True on its first lengths[i] positions, False on the padding."""
+    import torch
+
+    lengths = torch.as_tensor(lengths if isinstance(lengths, torch.Tensor) else list(lengths), device=device)
+    return torch.arange(size, device=lengths.device).unsqueeze(0) < lengths.unsqueeze(1)
 
 
 def _pad_stack(tensors, ragged: int, value: float = 0.0):

@@ -193,7 +193,7 @@ class MelToLinear(Stage):
     def process(self, signal: Spectrogram) -> Spectrogram:
         from transmute import dsp
 
-        mel = dsp.to_linear_scale(signal.data, signal.spec)
+        mel = dsp.features_to_magnitudes(signal.data, signal.spec)  # mel bands, ** power
         linear = dsp.mel_to_linear(mel, signal.spec, self.n_iter)
         return signal.replace(data=linear, spec=self.check(signal.spec))
 
@@ -219,9 +219,7 @@ class GriffinLim(Stage):
         from transmute import dsp
 
         spec = signal.spec
-        magnitude = dsp.to_linear_scale(signal.data, spec)
-        if spec.power != 1.0:
-            magnitude = magnitude.clamp_min(0) ** (1.0 / spec.power)
+        magnitude = dsp.features_to_magnitudes(signal.data, spec)
         samples = signal.sample_lengths or [
             (n - 1) * spec.hop_length + (0 if spec.center else spec.n_fft) for n in signal.lengths
         ]
