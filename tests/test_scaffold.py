@@ -3,6 +3,7 @@
 import pytest
 from click.testing import CliRunner
 
+from transmute import PLUGIN_API_VERSION, __version__
 from transmute.cli import cli
 
 
@@ -25,7 +26,13 @@ def test_generated_plugin_passes_its_own_tests(run_python, scaffolded):
     folder, site = scaffolded
     result = run_python(["-m", "pytest", "-q", "-p", "no:cacheprovider", "tests"], [site], cwd=folder)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "2 passed" in result.stdout
+    assert "3 passed" in result.stdout
+
+
+def test_generated_plugin_states_what_transmute_it_needs(tmp_path):
+    assert new_plugin("myfx", tmp_path).exit_code == 0
+    assert f'dependencies = ["transmute>={__version__}"]' in (tmp_path / "pyproject.toml").read_text()
+    assert f'requires_api = ">={PLUGIN_API_VERSION}"' in (tmp_path / "src" / "transmute_myfx" / "__init__.py").read_text()
 
 
 def test_generated_plugin_is_found(transmute_cli_batch, scaffolded):
