@@ -51,6 +51,10 @@ def test_a_stage_that_keeps_the_contract_passes():
     ({"params": {"n": Param(complex, 1j)}}, "params['n']: type <class 'complex'> is not one of int, float"),
     ({"params": {"device": Param(str, "cpu")}}, "params['device']: 'device' is taken by the Stage base class"),
     ({"params": {"process": Param(int, 1)}}, "params['process']: 'process' is taken by the Stage base class"),
+    ({"params": {"mode": Param(str, "a", choices="ab")}}, "params['mode']: choices 'ab' must be a list or tuple"),
+    ({"params": {"n": Param(int, 1, min="0")}}, "params['n']: min '0' must be a number"),
+    ({"params": {"n": Param(int, "1", min=0)}}, "params['n']: its default '1' is not a valid value: expected an integer"),
+    ({"params": {"n": Param(str, "x", min=0)}}, "params['n']: its default 'x' cannot be checked: TypeError"),
     ({"replaces": "logmel"}, "replaces 'logmel' is not a stage type"),
     ({"extensions": "wav"}, "extensions must be a tuple of file suffixes"),
 ])

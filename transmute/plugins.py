@@ -199,7 +199,10 @@ class Manager:
         from transmute.stages import contract_problem
 
         def register(stage_class):
-            problem = contract_problem(stage_class)
+            try:
+                problem = contract_problem(stage_class)
+            except Exception as exc:  # noqa: BLE001 - a class odd enough to break the check is refused too
+                problem = f"cannot be checked: {one_line(exc)}"
             name = getattr(stage_class, "name", None)
             name = name if isinstance(name, str) and name else getattr(stage_class, "__name__", repr(stage_class))
             if problem is None and name in info.stage_classes:

@@ -304,6 +304,12 @@ def _param_problem(key, param) -> str | None:
                 f"e.g. Param({type(param).__name__}, {param!r}, \"...\")")
     if param.type not in _TYPE_NAMES:
         return f"type {param.type!r} is not one of int, float, str, bool, list, dict, pathlib.Path"
+    if param.choices is not None and not isinstance(param.choices, (list, tuple)):
+        return f"choices {param.choices!r} must be a list or tuple of values"
+    for bound in ("min", "max"):
+        value = getattr(param, bound)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            return f"{bound} {value!r} must be a number"
     if not param.required and not (param.default is None and param.nullable):
         check = param if not param.must_exist else Param(param.type, param.default, choices=param.choices,
                                                           min=param.min, max=param.max)
@@ -311,4 +317,6 @@ def _param_problem(key, param) -> str | None:
             check.validate(param.default)
         except ValueError as exc:
             return f"its default {param.default!r} is not a valid value: {exc}"
+        except Exception as exc:  # noqa: BLE001 - e.g. a str default compared with a numeric min
+            return f"its default {param.default!r} cannot be checked: {type(exc).__name__}: {exc}"
     return None
