@@ -103,3 +103,15 @@ def test_a_replacement_is_undone_when_its_plugin_fails_later():
     assert manager.registry.stage_plugin["audio.logmel"] == "audio"
     assert "late.logmel" not in manager.registry.stages
     assert manager.plugins["audio"].replaced_by == {}
+
+
+def test_a_refused_stage_is_named_until_its_whole_plugin_fails():
+    manager = Manager(only={"half"})
+    half = types.ModuleType("transmute_half")
+    half.register_stages = hookimpl(lambda register: register(stage(name="half.plain", params={"gain": 1.0})))
+    assert manager.add(half, "half").status == "ok"
+    assert manager.registry.why_missing("half.plain").startswith(
+        " (its plugin registered it, but it was refused: stage 'half.plain' (Fx) of plugin 'half': params['gain']")
+    manager.fail("half", "commands failed")
+    assert manager.registry.why_missing("half.plain") == " (plugin 'half' is not loaded: commands failed)"
+    assert manager.plugins["half"].failed_stages == []

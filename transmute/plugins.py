@@ -188,6 +188,9 @@ class Manager:
         self.registry.unavailable[name] = reason
         info.stages, info.pipelines, info.models = [], [], []
         info.stage_classes = {}
+        for failed in info.failed_stages:  # a failed plugin is the reason now, not its refused stages
+            self.registry.failed_stages.pop(failed["name"], None)
+        info.failed_stages = []
         for other in self.plugins.values():
             for stage in [s for s, by in other.replaced_by.items() if by == name]:
                 del other.replaced_by[stage]
