@@ -142,7 +142,8 @@ A transmute plugin. Install it beside transmute and its stage appears:
     transmute run {name}-demo --count 3 -o out/
     python -m pytest
 
-See transmute's docs/writing-plugins.md for the hooks, signals and stage API.
+See transmute's docs/plugin-quickstart.md, then docs/writing-plugins.md for the hooks,
+signals and stage API.
 '''
 
 
