@@ -10,7 +10,7 @@ import pytest
 
 from transmute import PLUGIN_API_VERSION
 from transmute.hookspecs import api_satisfies, hookimpl
-from transmute.plugins import Manager, api_problem
+from transmute.plugins import Manager, api_problem, hook_warnings
 from transmute.signals import File, Images, Spectrogram, Waveform
 from transmute.stages import Param, Stage, contract_problem
 
@@ -115,3 +115,22 @@ def test_a_refused_stage_is_named_until_its_whole_plugin_fails():
     manager.fail("half", "commands failed")
     assert manager.registry.why_missing("half.plain") == " (plugin 'half' is not loaded: commands failed)"
     assert manager.plugins["half"].failed_stages == []
+
+
+def test_functions_that_look_like_hooks_but_are_never_called():
+    module = types.ModuleType("transmute_typos")
+    exec("def register_stages(register): pass\n"  # not marked
+         "def register_pipeline(register): pass\n"  # misspelled and not marked
+         "def register_all(register): pass\n"  # a helper: not a hook, not a warning
+         "from os.path import join as register_models\n",  # imported, not defined here
+         module.__dict__)
+    assert hook_warnings(module, ["register_stage"]) == [
+        "register_stage() is marked @hookimpl, but transmute has no hook of that name "
+        "(did you mean 'register_stages'?); it is never called",
+        "register_pipeline() looks like a hook (did you mean 'register_pipelines'?) but is neither spelled as one "
+        "nor marked @hookimpl; it is never called",
+        "register_stages() looks like the hook 'register_stages' but is not marked @hookimpl "
+        "(from transmute.hookspecs import hookimpl); it is never called",
+    ]
+    module.register_stages = hookimpl(module.register_stages)
+    assert len(hook_warnings(module, [])) == 1

@@ -355,6 +355,7 @@ def api_problem(requirement) -> str | None:
 def hook_warnings(module, unknown_hooks) -> list[str]:
     """Functions that look like hooks but are never called: marked @hookimpl under a name
     transmute has no hook for, or named like a hook but not marked."""
+    import difflib
     import inspect
 
     from transmute.stages import suggest
@@ -372,7 +373,7 @@ def hook_warnings(module, unknown_hooks) -> list[str]:
         if attr in hooks:
             out.append(f"{attr}() looks like the hook '{attr}' but is not marked @hookimpl "
                        "(from transmute.hookspecs import hookimpl); it is never called")
-        elif attr.startswith("register") and suggest(attr, hooks):
+        elif difflib.get_close_matches(attr, hooks, n=1, cutoff=0.85):  # a typo, not a helper like register_all
             out.append(f"{attr}() looks like a hook{suggest(attr, hooks)} but is neither spelled as one nor marked "
                        "@hookimpl; it is never called")
     return out
