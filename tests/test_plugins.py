@@ -232,8 +232,8 @@ def test_a_stage_that_breaks_the_contract_is_refused_alone(transmute_cli_batch, 
     (tmp_path / "plain").mkdir()
     nocheck = write_pipeline(tmp_path / "nocheck", 'use = "audio.tone"', 'use = "acme.nocheck"', 'use = "audio.save"')
     plain = write_pipeline(tmp_path / "plain", 'use = "audio.tone"', 'use = "acme.plain"', 'use = "audio.save"')
-    as_json, listing, stages, logmel, describe_nocheck, describe_plain = transmute_cli_batch(
-        [["plugins", "--json"], ["plugins"], ["stages"], ["stages", "audio.logmel", "--json"],
+    as_json, listing, stages, logmel, plain_stage, describe_nocheck, describe_plain = transmute_cli_batch(
+        [["plugins", "--json"], ["plugins"], ["stages"], ["stages", "audio.logmel", "--json"], ["stages", "acme.plain"],
          ["describe", nocheck], ["describe", plain]], everything)
     plugins = plugins_by_name(as_json)
     acme = plugins["acme"]
@@ -253,12 +253,18 @@ def test_a_stage_that_breaks_the_contract_is_refused_alone(transmute_cli_batch, 
         assert f"  stage FAILED {refused['name']} ({refused['class']}): {refused['reason']}" in shown
     for warning in ACME_WARNINGS:
         assert f"  warning: {warning}" in shown
+    # The guide's example of this listing shows lines of it.
+    example = [line[2:] for line in GUIDE.read_text(encoding="utf-8").splitlines()
+               if line.startswith(("    stage acme.", "    stage FAILED acme.", "    warning: register_"))]
+    assert len(example) == 3 and set(example) <= set(shown)
 
     stages = ok(stages)
     assert "acme.good  (" in stages and "acme.plain" not in stages
     [logmel] = json.loads(ok(logmel))
     assert (logmel["plugin"], logmel["implemented_by"]) == ("audio", None)
 
+    assert plain_stage.stderr == (f"Error: no stage named 'acme.plain' (its plugin registered it, but it was refused: "
+                                  f"stage 'acme.plain' (PlainParam) of plugin 'acme': {ACME_REFUSED[0]['reason']})\n")
     for result in (describe_nocheck, describe_plain):
         assert result.returncode != 0 and "Traceback" not in result.stderr
     [line] = describe_nocheck.stderr.strip().splitlines()

@@ -153,7 +153,7 @@ def stages_command(names, as_json):
         if name not in registry.stages:
             from transmute.stages import suggest
 
-            raise TransmuteError(f"no stage named '{name}'{suggest(name, registry.stages)}")
+            raise TransmuteError(f"no stage named '{name}'{suggest(name, registry.stages)}{registry.why_missing(name)}")
     described = []
     for n in selected:  # a replaced stage is listed under its own name, implemented by its replacement
         d = registry.stages[n].describe()
