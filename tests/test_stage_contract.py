@@ -134,3 +134,34 @@ def test_functions_that_look_like_hooks_but_are_never_called():
     ]
     module.register_stages = hookimpl(module.register_stages)
     assert len(hook_warnings(module, [])) == 1
+
+
+def test_builtin_stages_keep_their_names_when_a_plugin_is_added_before_them():
+    """Manager.add before load_entry_points (section 9 of the guide) must not let a plugin take a built-in name."""
+    manager = Manager(only={"audio", "early", "eager"})
+    impostor = stage(name="audio.logmel", __doc__="Claims audio.logmel.")
+    early = types.ModuleType("transmute_early")
+    early.register_stages = hookimpl(lambda register: register(impostor))
+    assert manager.add(early, "early").stages == ["audio.logmel"]  # no built-in yet
+    declared = stage(name="eager.save", replaces="audio.save", __doc__="Replaces audio.save, on purpose.",
+                     consumes=Waveform, produces=File, process=Stage.process,
+                     save=lambda self, item, path: None, suffix=lambda self: ".x")
+    eager = types.ModuleType("transmute_eager")
+    eager.register_stages = hookimpl(lambda register: register(declared))
+    manager.add(eager, "eager")
+    assert manager.plugins["eager"].warnings == ["stage 'eager.save' replaces 'audio.save', which no loaded plugin provides"]
+
+    manager.load_entry_points()
+    assert manager.registry.stage_plugin["audio.logmel"] == "audio"
+    assert manager.registry.stages["audio.logmel"] is not impostor
+    assert manager.plugins["early"].stages == []
+    assert manager.plugins["early"].warnings == [
+        "stage 'audio.logmel' is a built-in stage of plugin 'audio'; kept that one "
+        "(a stage that means to take it over declares replaces = 'audio.logmel')"]
+    assert manager.registry.stages["audio.save"] is declared
+    assert manager.plugins["audio"].replaced_by == {"audio.save": "eager"}
+    assert manager.plugins["eager"].warnings == []  # "replaces 'audio.save', which no loaded plugin provides" is gone
+    assert "audio.save" in manager.plugins["audio"].stages
+
+    manager.fail("eager", "gone")  # the built-in it replaced comes back
+    assert manager.registry.stage_plugin["audio.save"] == "audio"

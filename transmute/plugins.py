@@ -247,6 +247,23 @@ class Manager:
     def _add_stage(self, info: PluginInfo, stage_class) -> None:
         registry, name, replaces = self.registry, stage_class.name, stage_class.replaces
         owner = registry.stage_plugin.get(name)
+        if owner is not None and owner != info.name and info.builtin and not self.plugins[owner].builtin:
+            # A plugin added in-process before the built-ins loaded holds a built-in name.
+            holder = registry.stages[name]
+            if holder.replaces == name:  # on purpose: it stays, as if the built-in had come first
+                registry.replaced[name] = (info.name, stage_class)
+                info.replaced_by[name] = owner
+                stale = f"stage '{holder.name}' replaces '{name}', which no loaded plugin provides"
+                self.plugins[owner].warnings = [w for w in self.plugins[owner].warnings if w != stale]
+                info.stages.append(name)
+                info.stage_classes[name] = stage_class
+                return
+            loser = self.plugins[owner]
+            self._unregister_stage(loser, holder.name)
+            loser.warnings = [w for w in loser.warnings if not w.startswith(f"stage '{holder.name}' ")]
+            loser.warnings.append(f"stage '{name}' is a built-in stage of plugin '{info.name}'; kept that one "
+                                  f"(a stage that means to take it over declares replaces = '{name}')")
+            owner = None
         if owner is not None and owner != info.name and replaces != name:
             how = "built-in stage of plugin" if self.plugins[owner].builtin else "stage already registered by plugin"
             info.warnings.append(f"stage '{name}' is a {how} '{owner}'; kept that one (a stage that means to "
