@@ -136,3 +136,40 @@ def test_feature_spec_round_trips_through_json():
     assert again == spec
     with pytest.raises(ValueError, match="n_mel"):
         FeatureSpec.from_dict({"n_mel": 80})
+
+
+@pytest.mark.parametrize("power", [1.0, 2.0])
+def test_linear_magnitudes_to_features_and_back(power):
+    """A stage that edits |STFT| goes to features and back with the two public functions."""
+    norm = Normalization(mean=(-4.0,), std=(2.0,))
+    spec = FeatureSpec(sample_rate=SR, n_fft=256, hop_length=64, n_mels=0, power=power, normalization=norm)
+    X, frames = dsp.stft(torch.from_numpy(speechlike(0.2))[None], spec)
+    magnitude = X.abs()
+    feats = dsp.magnitudes_to_features(magnitude, spec, frames)
+    torch.testing.assert_close(feats, dsp.features(torch.from_numpy(speechlike(0.2))[None], spec)[0])
+    back = dsp.features_to_magnitudes(feats, spec)
+    above_floor = magnitude**power > spec.log_floor
+    assert above_floor.float().mean() > 0.9
+    torch.testing.assert_close(back[above_floor], magnitude[above_floor], rtol=1e-4, atol=1e-6)
+    floor = spec.log_floor ** (1 / power)
+    torch.testing.assert_close(back[~above_floor], torch.full_like(back[~above_floor], floor), rtol=1e-4, atol=0)
+
+
+def test_mel_features_come_back_as_mel_bands_that_mel_to_linear_takes():
+    spec = FeatureSpec(sample_rate=SR, power=2.0, fmax=8000)
+    y = torch.from_numpy(speechlike(0.5))[None]
+    X, frames = dsp.stft(y, spec)
+    feats = dsp.magnitudes_to_features(X.abs(), spec, frames)
+    mel_bands = dsp.features_to_magnitudes(feats, spec)
+    assert mel_bands.shape == (1, spec.n_mels, frames[0])
+    expected = torch.matmul(dsp.mel_basis(spec), X.abs() ** 2).clamp_min(spec.log_floor)
+    torch.testing.assert_close(mel_bands, expected, rtol=1e-4, atol=1e-7)
+    linear = dsp.mel_to_linear(mel_bands, spec)  # an estimate of |STFT|: back through the features, close
+    again = dsp.magnitudes_to_features(linear, spec, frames)
+    error = (again - feats).abs()
+    assert error.median() < 0.01 and error.mean() < 0.2
+
+
+def test_magnitudes_to_features_wants_linear_bins():
+    with pytest.raises(ValueError, match="needs 513 linear bins \\(n_fft 1024\\), got 80"):
+        dsp.magnitudes_to_features(torch.ones(1, 80, 4), FeatureSpec())

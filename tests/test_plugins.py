@@ -1,9 +1,13 @@
 """Third-party plugins end to end: installed with pip (outside the venv), run through `python -m transmute`.
 
 tests/fixtures/ holds the plugin packages: echo (a stage, a pipeline file and a
-command), broken (fails at import), badhook (its register_stages raises) and
-clash (registers a stage name the audio plugin already owns). The plugin that
-docs/writing-plugins.md walks through is built from the guide's code blocks.
+command), broken (fails at import), badhook (its register_stages raises),
+clash (registers a stage name the audio plugin already owns), faulty (plugins
+'acme', whose stages and hooks break the contract in each way the engine
+catches, and 'future', which needs a newer plugin API) and replace (plugins
+'fastmel' and 'zmel', which both declare that they replace audio.logmel). The
+plugin that docs/writing-plugins.md walks through is built from the guide's
+code blocks.
 """
 
 import json
@@ -16,7 +20,7 @@ import pytest
 import soundfile
 
 FIXTURES = Path(__file__).parent / "fixtures"
-MISBEHAVING = ("broken_plugin", "badhook_plugin", "clash_plugin")
+MISBEHAVING = ("broken_plugin", "badhook_plugin", "clash_plugin", "faulty_plugin")
 GUIDE = Path(__file__).parents[1] / "docs" / "writing-plugins.md"
 CODE_BLOCK = re.compile(r'^```(\w+)(?: title="([^"]+)")?\n(.*?)^```$', re.M | re.S)
 
@@ -41,7 +45,8 @@ def write_guide_package(folder: Path) -> Path:
 @pytest.fixture(scope="session")
 def sites(pip_install, tmp_path_factory):
     guide = write_guide_package(tmp_path_factory.mktemp("guide") / "transmute-gate")
-    return pip_install(FIXTURES / "echo_plugin", *(FIXTURES / name for name in MISBEHAVING), guide)
+    return pip_install(FIXTURES / "echo_plugin", *(FIXTURES / name for name in MISBEHAVING),
+                       FIXTURES / "replace_plugin", guide)
 
 
 @pytest.fixture(scope="session")
@@ -164,8 +169,9 @@ def test_failing_plugins_are_listed_and_the_rest_works(transmute_cli_batch, ever
 
     plugins = plugins_by_name(as_json)
     assert {name: p["status"] for name, p in plugins.items()} == {
-        "audio": "ok", "badhook": "failed", "broken": "failed", "clash": "ok", "echo": "ok",
-        "cyclegan_vc": "ok", "images": "ok", "pipelines": "ok"}
+        "acme": "ok", "audio": "ok", "badhook": "failed", "broken": "failed", "clash": "ok", "echo": "ok",
+        "future": "failed", "cyclegan_vc": "ok", "images": "ok", "pipelines": "ok"}
+    assert {name for name, p in plugins.items() if p["builtin"]} == {"audio", "cyclegan_vc", "images", "pipelines"}
     assert plugins["badhook"]["stages"] == []
 
     stages = ok(stages)
@@ -174,6 +180,8 @@ def test_failing_plugins_are_listed_and_the_rest_works(transmute_cli_batch, ever
 
 
 def test_builtin_and_plugin_pipelines_run_beside_failing_plugins(transmute_cli_batch, everything, tmp_path):
+    # 'acme' sorts before 'audio' and registers a stage named audio.logmel: the built-in keeps it,
+    # so resynthesize (which sets audio.logmel's n_mels and fmax) still runs.
     write_wav(tmp_path / "voice.wav", seconds=0.2, sample_rate=22050)
     for result in transmute_cli_batch([
         ["run", "resynthesize", tmp_path / "voice.wav", "-o", tmp_path / "resynth", "-q", "--set", "griffinlim.n_iter=2"],
@@ -189,10 +197,111 @@ def test_stage_name_collision_keeps_the_first_and_warns(transmute_cli_batch, eve
         [["plugins", "--json"], ["plugins"], ["stages", "audio.save", "--json"]], everything)
     clash = plugins_by_name(as_json)["clash"]
     assert clash["stages"] == []
-    assert clash["warnings"] == ["stage 'audio.save' already registered by plugin 'audio'; kept that one"]
-    assert "warning: stage 'audio.save' already registered" in ok(listing)
+    assert clash["warnings"] == ["stage 'audio.save' is a built-in stage of plugin 'audio'; kept that one (a stage "
+                                 "that means to take it over declares replaces = 'audio.save')"]
+    assert "  warning: stage 'audio.save' is a built-in stage of plugin 'audio'" in ok(listing)
     [saver] = json.loads(ok(saver))
     assert (saver["plugin"], saver["produces"]) == ("audio", "file")
+
+
+ACME_REFUSED = [
+    {"name": "acme.plain", "class": "PlainParam",
+     "reason": "params['gain']: 1.0 is not a Param; declare it as Param(type, default, \"help\"), "
+               "e.g. Param(float, 1.0, \"...\")"},
+    {"name": "acme.bad_default", "class": "BadDefault",
+     "reason": "params['gain']: its default 9.0 is not a valid value: must be at most 4, got 9.0"},
+    {"name": "acme.noprocess", "class": "NoProcess",
+     "reason": "a transform must define process() (consumes Waveform, produces Waveform)"},
+    {"name": "acme.twice", "class": "TwiceB",
+     "reason": "registered twice by this plugin (TwiceA and TwiceB); give each class its own name"},
+]
+ACME_WARNINGS = [
+    "register_pipeline() is marked @hookimpl, but transmute has no hook of that name "
+    "(did you mean 'register_pipelines'?); it is never called",
+    "register_commands() looks like the hook 'register_commands' but is not marked @hookimpl "
+    "(from transmute.hookspecs import hookimpl); it is never called",
+    "stage 'audio.logmel' is a built-in stage of plugin 'audio'; kept that one "
+    "(a stage that means to take it over declares replaces = 'audio.logmel')",
+    "stage 'shared.thing' is outside this plugin's prefix 'acme.': name it 'acme.thing' (stage names are global), "
+    "or declare replaces = 'shared.thing' to take over another plugin's stage",
+]
+
+
+def test_a_stage_that_breaks_the_contract_is_refused_alone(transmute_cli_batch, everything, tmp_path):
+    (tmp_path / "nocheck").mkdir()
+    (tmp_path / "plain").mkdir()
+    nocheck = write_pipeline(tmp_path / "nocheck", 'use = "audio.tone"', 'use = "acme.nocheck"', 'use = "audio.save"')
+    plain = write_pipeline(tmp_path / "plain", 'use = "audio.tone"', 'use = "acme.plain"', 'use = "audio.save"')
+    as_json, listing, stages, logmel, plain_stage, describe_nocheck, describe_plain = transmute_cli_batch(
+        [["plugins", "--json"], ["plugins"], ["stages"], ["stages", "audio.logmel", "--json"], ["stages", "acme.plain"],
+         ["describe", nocheck], ["describe", plain]], everything)
+    plugins = plugins_by_name(as_json)
+    acme = plugins["acme"]
+    assert (acme["status"], acme["builtin"]) == ("ok", False)
+    assert [stage["name"] for stage in acme["stages"]] == ["acme.good", "acme.nocheck", "shared.thing"]
+    assert acme["failed_stages"] == ACME_REFUSED
+    assert acme["warnings"] == ACME_WARNINGS
+    assert acme["hooks"] == ["register_stages"]
+    assert (plugins["future"]["status"], plugins["future"]["reason"]) == (
+        "failed", "needs plugin API >=99.0 (its requires_api), but this transmute provides 1.0: upgrade transmute, "
+                  "or install a version of the plugin made for it")
+
+    listing = ok(listing).splitlines()
+    start = listing.index("acme 0.0.1  [ok]  (transmute_faulty.acme)")
+    shown = listing[start + 1:listing.index("audio 0.1.0  [ok]  (transmute_audio)")]
+    for refused in ACME_REFUSED:
+        assert f"  stage FAILED {refused['name']} ({refused['class']}): {refused['reason']}" in shown
+    for warning in ACME_WARNINGS:
+        assert f"  warning: {warning}" in shown
+    # The guide's example of this listing shows lines of it.
+    example = [line[2:] for line in GUIDE.read_text(encoding="utf-8").splitlines()
+               if line.startswith(("    stage acme.", "    stage FAILED acme.", "    warning: register_"))]
+    assert len(example) == 3 and set(example) <= set(shown)
+
+    stages = ok(stages)
+    assert "acme.good  (" in stages and "acme.plain" not in stages
+    [logmel] = json.loads(ok(logmel))
+    assert (logmel["plugin"], logmel["implemented_by"]) == ("audio", None)
+
+    assert plain_stage.stderr == (f"Error: no stage named 'acme.plain' (its plugin registered it, but it was refused: "
+                                  f"stage 'acme.plain' (PlainParam) of plugin 'acme': {ACME_REFUSED[0]['reason']})\n")
+    for result in (describe_nocheck, describe_plain):
+        assert result.returncode != 0 and "Traceback" not in result.stderr
+    [line] = describe_nocheck.stderr.strip().splitlines()
+    assert line == (f"Error: {nocheck}: stage 'nocheck' (acme.nocheck): check() returned None; it must return the "
+                    "spec it produces (a WaveformSpec; the plugin's author can fix this)")
+    [line] = describe_plain.stderr.strip().splitlines()
+    assert line == (f"Error: {plain}: stage 2: unknown stage type 'acme.plain' (its plugin registered it, but it was "
+                    f"refused: stage 'acme.plain' (PlainParam) of plugin 'acme': {ACME_REFUSED[0]['reason']}); "
+                    "`transmute stages` lists the installed ones")
+
+
+def test_a_plugin_replaces_a_builtin_stage_only_when_it_says_so(transmute_cli_batch, sites, tmp_path):
+    as_json, listing, logmel, resynthesize = transmute_cli_batch(
+        [["plugins", "--json"], ["plugins"], ["stages", "audio.logmel", "--json"], ["describe", "resynthesize", "--json"]],
+        [sites["echo_plugin"], sites["replace_plugin"]])
+    plugins = plugins_by_name(as_json)
+    [fastmel] = plugins["fastmel"]["stages"]
+    assert (fastmel["name"], fastmel["replaces"]) == ("fastmel.logmel", "audio.logmel")
+    assert plugins["audio"]["replaced_by"] == {"audio.logmel": "fastmel"}
+    assert [stage["name"] for stage in plugins["audio"]["stages"]][2] == "audio.logmel"
+    # The second plugin to replace it, and one that takes another plugin's name, lose and are told who won.
+    assert plugins["zmel"]["warnings"] == [
+        "stage 'zmel.logmel' replaces 'audio.logmel', but plugin 'fastmel' replaced it first (with 'fastmel.logmel'); "
+        "kept that one",
+        "stage 'echo.invert' is a stage already registered by plugin 'echo'; kept that one "
+        "(a stage that means to take it over declares replaces = 'echo.invert')",
+    ]
+    assert [stage["name"] for stage in plugins["zmel"]["stages"]] == ["zmel.logmel"]
+    assert plugins["echo"]["warnings"] == plugins["audio"]["warnings"] == []
+
+    listing = ok(listing)
+    assert "; replaced by fastmel.logmel (plugin fastmel)\n" in listing
+    assert "; replaces audio.logmel\n" in listing
+    [logmel] = json.loads(ok(logmel))
+    assert (logmel["name"], logmel["plugin"], logmel["implemented_by"]) == ("audio.logmel", "fastmel", "fastmel.logmel")
+    mel = json.loads(ok(resynthesize))["stages"][1]
+    assert (mel["name"], mel["use"], mel["params"]["n_mels"]) == ("mel", "fastmel.logmel", 80)
 
 
 # --------------------------------------------------------------------------- choosing plugins

@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from transmute.signals import Codes, CodeSpec, FeatureSpec, Images, ImageSpec, Spectrogram, Waveform, WaveformSpec
+from transmute.signals import (Codes, CodeSpec, FeatureSpec, Images, ImageSpec, Spectrogram, Waveform, WaveformSpec,
+                               batch_mismatch, length_mask)
 
 
 def test_waveforms_pad_and_split_back_exactly():
@@ -54,3 +55,42 @@ def test_codes_keep_integer_dtype():
     batch = Codes.collate([a, b])
     assert batch.data.dtype == torch.int64 and batch.sizes == [(2, 3), (4, 4)]
     assert torch.equal(batch.items()[0].data, a.data)
+
+
+def test_a_masked_reduction_gives_each_item_what_it_gives_alone():
+    """Padded log-mel frames hold 0.0 = log(1), louder than any real frame: a plain max picks them."""
+    quiet = Spectrogram(torch.full((1, 4, 3), -9.0), FeatureSpec(n_mels=4), ["quiet"])
+    loud = Spectrogram(torch.full((1, 4, 5), -2.0), FeatureSpec(n_mels=4), ["loud"])
+    batch = Spectrogram.collate([quiet, loud])
+    assert batch.data[0, :, 3:].eq(0.0).all()  # what the padding holds
+    assert batch.data.amax(dim=(1, 2)).tolist() == [0.0, -2.0]  # wrong for "quiet"
+    masked = batch.data.masked_fill(~batch.valid_mask(), float("-inf")).amax(dim=(1, 2))
+    assert masked.tolist() == [-9.0, -2.0]
+    mask = batch.valid_mask()
+    assert mask.shape == (2, 1, 5) and mask.sum(dim=(1, 2)).tolist() == [3, 5]
+
+
+def test_valid_masks_of_images_and_codes():
+    images = Images.collate([Images(torch.ones(1, 3, 2, 4), ImageSpec()), Images(torch.ones(1, 3, 3, 2), ImageSpec())])
+    mask = images.valid_mask()
+    assert mask.shape == (2, 1, 3, 4)
+    assert mask[0, 0].sum() == 8 and mask[0, 0, 2].sum() == 0
+    assert mask[1, 0].sum() == 6 and mask[1, 0, :, 2:].sum() == 0
+    codes = Codes(torch.zeros(2, 3, 3, dtype=torch.long), CodeSpec(4), ["a", "b"], [(3, 3), (2, 1)])
+    assert codes.valid_mask().sum(dim=(1, 2)).tolist() == [9, 2]
+    assert length_mask([2, 0], 3).tolist() == [[True, True, False], [False, False, False]]
+
+
+def test_batch_mismatch_names_what_a_transform_got_wrong():
+    a = Waveform(torch.ones(1, 1, 5), WaveformSpec(8000, 1), ["a"])
+    b = Waveform(torch.ones(1, 1, 3), WaveformSpec(8000, 1), ["b"])
+    batch = Waveform.collate([a, b])
+    assert batch_mismatch(batch, batch.replace(data=batch.data * 2)) is None
+    assert batch_mismatch(batch, batch.replace(data=batch.data[:, :, :2], lengths=[2, 2])) is None  # shorter: fine
+    assert batch_mismatch(batch, batch.data) == "process() returned Tensor, not a signal"
+    assert batch_mismatch(batch, a) == "process() was given 2 items and returned 1"
+    assert batch_mismatch(batch, batch.replace(names=["b", "a"])) == (
+        "process() returned items ['b', 'a'] for ['a', 'b'] (same names, same order)")
+    assert batch_mismatch(batch, batch.replace(lengths=[5])) == "process() returned 1 lengths for 2 items"
+    assert batch_mismatch(batch, batch.replace(data=batch.data[:, :, :4])) == (
+        "process() says item 'a' spans (5,), but the returned data holds (4,)")

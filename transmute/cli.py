@@ -124,11 +124,16 @@ def plugins_command(as_json):
         if info.hooks:
             click.echo(f"  hooks: {', '.join(info.hooks)}")
         for name in info.stages:
-            stage = manager.registry.stages.get(name)
-            if stage is not None:
-                d = stage.describe()
-                click.echo(f"  stage {name}: {' | '.join(d['consumes'])} -> {d['produces']}; "
-                           f"params: {', '.join(d['params']) or 'none'}")
+            d = info.stage_classes[name].describe()
+            notes = ""
+            if d["replaces"] and manager.registry.stage_plugin.get(d["replaces"]) == info.name:
+                notes += f"; replaces {d['replaces']}"
+            if name in info.replaced_by:
+                notes += f"; replaced by {manager.registry.stages[name].name} (plugin {info.replaced_by[name]})"
+            click.echo(f"  stage {name}: {' | '.join(d['consumes'])} -> {d['produces']}; "
+                       f"params: {', '.join(d['params']) or 'none'}{notes}")
+        for failed in info.failed_stages:
+            click.echo(f"  stage FAILED {failed['name']} ({failed['class']}): {failed['reason']}")
         if info.pipelines:
             click.echo(f"  pipelines: {', '.join(info.pipelines)}")
         if info.commands:
@@ -148,13 +153,18 @@ def stages_command(names, as_json):
         if name not in registry.stages:
             from transmute.stages import suggest
 
-            raise TransmuteError(f"no stage named '{name}'{suggest(name, registry.stages)}")
-    described = [dict(registry.stages[n].describe(), plugin=registry.stage_plugin[n]) for n in selected]
+            raise TransmuteError(f"no stage named '{name}'{suggest(name, registry.stages)}{registry.why_missing(name)}")
+    described = []
+    for n in selected:  # a replaced stage is listed under its own name, implemented by its replacement
+        d = registry.stages[n].describe()
+        described.append(dict(d, name=n, plugin=registry.stage_plugin[n],
+                              implemented_by=d["name"] if d["name"] != n else None))
     if as_json:
         click.echo(json.dumps(described, indent=2))
         return
     for d in described:
-        click.echo(f"{d['name']}  ({d['role']}: {' | '.join(d['consumes'])} -> {d['produces']}; plugin {d['plugin']})")
+        by = f", as {d['implemented_by']}" if d["implemented_by"] else ""
+        click.echo(f"{d['name']}  ({d['role']}: {' | '.join(d['consumes'])} -> {d['produces']}; plugin {d['plugin']}{by})")
         if d["summary"]:
             click.echo(f"    {d['summary']}")
         for key, p in d["params"].items():

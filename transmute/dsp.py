@@ -18,7 +18,7 @@ from typing import Sequence
 
 import torch
 
-from transmute.signals import FeatureSpec
+from transmute.signals import FeatureSpec, length_mask
 
 
 # --------------------------------------------------------------------------- helpers
@@ -113,10 +113,6 @@ def _pad_items(x: torch.Tensor, lengths: Sequence[int], pad: int, mode: str,
     return out
 
 
-def _frame_mask(frame_lengths: torch.Tensor, n_frames: int) -> torch.Tensor:
-    return torch.arange(n_frames, device=frame_lengths.device).unsqueeze(0) < frame_lengths.unsqueeze(1)
-
-
 # --------------------------------------------------------------------------- STFT
 # Inside this module spectra are kept as (batch, frames, bins), contiguous along
 # the FFT axis; the public functions return (batch, bins, frames).
@@ -147,8 +143,7 @@ class _Frames:
         self.partial = any(f < self.n_frames for f in self.frame_counts)
         self.mask = None
         if self.partial:
-            counts = torch.as_tensor(self.frame_counts, device=device)
-            self.mask = _frame_mask(counts, self.n_frames).to(dtype).unsqueeze(-1)  # (batch, frames, 1)
+            self.mask = length_mask(self.frame_counts, self.n_frames, device).to(dtype).unsqueeze(-1)  # (batch, frames, 1)
         self._inv_env = None
         self.tail = None
         if any(n < total for n in self.samples):
@@ -242,19 +237,52 @@ def features(
     With the default spec these are HiFi-GAN's log-mel settings, framed centred
     (FeatureSpec says what differs from HiFi-GAN); with log=False, power=2 and
     pad_mode='constant' it is librosa.feature.melspectrogram with its defaults.
+    Returns the features and each item's frame count.
     """
     X, frames = stft(x, spec, lengths)
-    mag = X.abs()
-    if spec.power != 1.0:
-        mag = mag**spec.power
+    return magnitudes_to_features(X.abs(), spec, frames), frames
+
+
+def magnitudes_to_features(
+    magnitude: torch.Tensor, spec: FeatureSpec, frame_lengths: Sequence[int] | None = None
+) -> torch.Tensor:
+    """|STFT| (batch, n_fft // 2 + 1, frames) -> the features `spec` describes (batch, n_bins, frames).
+
+    Applies, in order, what the spec says: power, mel projection (n_mels > 0),
+    log (natural log of max(x, log_floor)) and normalisation. This is how
+    `features` turns an STFT into features, so a stage that edits linear
+    magnitudes gets back exactly what audio.logmel would have made. Frames past
+    an item's `frame_lengths` are set to 0.0 (see transmute.signals.length_mask).
+    """
+    if magnitude.shape[-2] != spec.n_fft // 2 + 1:
+        raise ValueError(f"magnitudes_to_features needs {spec.n_fft // 2 + 1} linear bins (n_fft {spec.n_fft}), "
+                         f"got {magnitude.shape[-2]}")
+    feats = magnitude**spec.power if spec.power != 1.0 else magnitude
     if spec.is_mel:
-        mag = torch.matmul(mel_basis(spec, x.device, mag.dtype), mag)
+        feats = torch.matmul(mel_basis(spec, feats.device, feats.dtype), feats)
     if spec.log:
-        mag = torch.log(torch.clamp(mag, min=spec.log_floor))
+        feats = torch.log(torch.clamp(feats, min=spec.log_floor))
     if spec.normalization is not None:
-        mag = normalize(mag, spec.normalization)
-    mask = _frame_mask(torch.as_tensor(frames, device=x.device), mag.shape[-1])
-    return mag * mask.unsqueeze(1), frames
+        feats = normalize(feats, spec.normalization)
+    if frame_lengths is not None:
+        feats = feats * length_mask(frame_lengths, feats.shape[-1], feats.device).unsqueeze(1)
+    return feats
+
+
+def features_to_magnitudes(feats: torch.Tensor, spec: FeatureSpec) -> torch.Tensor:
+    """Features as `spec` describes -> magnitudes: undoes normalisation, log and power.
+
+    For a linear spec (n_mels = 0) this is |STFT|, (batch, n_fft // 2 + 1,
+    frames): the inverse of magnitudes_to_features wherever the magnitude**power
+    was above log_floor. The mel projection has no exact inverse, so for a mel
+    spec this returns mel-band values, (batch, n_mels, frames), still raised to
+    spec.power (mel_basis @ |STFT|**power), which is what mel_to_linear takes
+    to estimate |STFT|.
+    """
+    feats = to_linear_scale(feats, spec)
+    if spec.power != 1.0 and not spec.is_mel:
+        feats = feats.clamp_min(0) ** (1.0 / spec.power)
+    return feats
 
 
 def _stats(values: Sequence[float], like: torch.Tensor) -> torch.Tensor:
@@ -314,10 +342,8 @@ def mel_to_linear(mel: torch.Tensor, spec: FeatureSpec, n_iter: int = 32) -> tor
 
 def linear_magnitude(feats: torch.Tensor, spec: FeatureSpec, mel_iters: int = 32) -> torch.Tensor:
     """Any spectrogram `spec` describes (normalised, log, mel, power) -> the linear magnitude Griffin-Lim needs."""
-    x = to_linear_scale(feats, spec)
-    if spec.is_mel:
-        return mel_to_linear(x, spec, mel_iters)
-    return x if spec.power == 1.0 else x.clamp_min(0) ** (1.0 / spec.power)
+    magnitudes = features_to_magnitudes(feats, spec)
+    return mel_to_linear(magnitudes, spec, mel_iters) if spec.is_mel else magnitudes
 
 
 def mel_to_audio(feats: torch.Tensor, spec: FeatureSpec, n_iter: int = 32, mel_iters: int = 32,

@@ -7,10 +7,48 @@ argument to a hook never breaks an existing plugin.
 
 from __future__ import annotations
 
+import re
+
 import pluggy
 
-hookspec = pluggy.HookspecMarker("transmute")
-hookimpl = pluggy.HookimplMarker("transmute")
+from transmute import PLUGIN_API_VERSION
+
+PROJECT = "transmute"
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+_CLAUSE = re.compile(r"\s*(>=|<=|==|!=|>|<)?\s*(\d+(?:\.\d+)*)\s*")
+
+
+def _version(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in text.split("."))
+
+
+def api_satisfies(requirement: str, version: str = PLUGIN_API_VERSION) -> bool:
+    """Whether the plugin API `version` meets `requirement`: comma-separated clauses
+    such as ">=1.0", ">=1.0,<2" or "==1.0" (a bare "1.0" means ">=1.0").
+
+    A plugin declares what it needs in its entry-point module:
+
+        requires_api = ">=1.0"
+
+    and transmute lists it as failed, with one line saying why, when it is not met.
+    """
+    clauses = str(requirement).split(",")
+    checks = []
+    for clause in clauses:
+        match = _CLAUSE.fullmatch(clause)
+        if not match:
+            raise ValueError(f"{requirement!r} is not a version requirement like '>=1.0' or '>=1.0,<2'")
+        checks.append((match.group(1) or ">=", match.group(2)))
+    have = _version(version)
+    for op, wanted in checks:
+        want = _version(wanted)
+        width = max(len(want), len(have))
+        a, b = have + (0,) * (width - len(have)), want + (0,) * (width - len(want))
+        if not {">=": a >= b, "<=": a <= b, "==": a == b, "!=": a != b, ">": a > b, "<": a < b}[op]:
+            return False
+    return True
 
 
 @hookspec
@@ -45,3 +83,6 @@ def register_evaluators(register):
 @hookspec
 def register_models(register):
     """Name checkpoints a plugin ships: register(name, path, description="")."""
+
+
+HOOK_NAMES = tuple(name for name, value in list(globals().items()) if hasattr(value, f"{PROJECT}_spec"))

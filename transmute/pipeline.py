@@ -296,6 +296,15 @@ def check_chain(stages: list[Stage], where: str) -> list[Any]:
             ) from None
         except TransmuteError as exc:
             raise PipelineError(f"{_stage_ref(where, stage)}: {exc}") from None
+        if stage.produces is not File:
+            wanted = stage.produces.spec_type
+            if spec is None:
+                raise PipelineError(f"{_stage_ref(where, stage)}: check() returned None; it must return the spec "
+                                    f"it produces (a {wanted.__name__}; the plugin's author can fix this)")
+            if not isinstance(spec, wanted):
+                raise PipelineError(f"{_stage_ref(where, stage)}: check() returned a {type(spec).__name__}, but the "
+                                    f"stage produces {type_name(stage.produces)}, whose spec is a {wanted.__name__} "
+                                    "(the plugin's author can fix this)")
         specs.append(spec)
         incoming, previous = spec, stage
     return specs

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from transmute import PLUGIN_API_VERSION, __version__
 from transmute.errors import TransmuteError
 
 _PYPROJECT = '''\
@@ -17,7 +18,8 @@ name = "transmute-{name}"
 version = "0.1.0"
 description = "A transmute plugin: {name}"
 requires-python = ">=3.10"
-dependencies = ["transmute"]
+# The lowest transmute this plugin is tested with (the one that wrote it).
+dependencies = ["transmute>={version}"]
 
 # This line is what makes transmute find the plugin.
 [project.entry-points.transmute]
@@ -39,6 +41,10 @@ Hooks stay cheap to import: heavy imports (torch, models) go inside functions.
 from pathlib import Path
 
 from transmute.hookspecs import hookimpl
+
+# The plugin API this plugin is written for; transmute lists the plugin as failed,
+# with the reason, where it provides an older one.
+requires_api = ">={api}"
 
 
 @hookimpl
@@ -109,6 +115,17 @@ def test_gain_scales_the_samples():
     assert torch.allclose(out.data, torch.full((1, 1, 100), 0.1))
 
 
+def test_a_batch_gives_what_each_item_gives_alone():
+    # Binding on every stage: the runner batches items of different lengths (zero-padded at
+    # the end), and an item's output must not depend on what it was batched with.
+    gain = Gain(gain_db=-20.0)
+    items = [Waveform(torch.randn(1, 1, n), WaveformSpec(22050, 1), [f"item{{n}}"]) for n in (300, 500)]
+    from_batch = gain.process(Waveform.collate(items)).items()
+    for item, batched in zip(items, from_batch):
+        assert batched.names == item.names
+        torch.testing.assert_close(batched.data, gain.process(item).data)
+
+
 def test_the_plugin_pipeline_runs(tmp_path):
     result = CliRunner().invoke(cli, ["run", "{name}-demo", "--count", "2", "-o", str(tmp_path)])
     assert result.exit_code == 0, result.output
@@ -125,7 +142,8 @@ A transmute plugin. Install it beside transmute and its stage appears:
     transmute run {name}-demo --count 3 -o out/
     python -m pytest
 
-See transmute's docs/writing-plugins.md for the hooks, signals and stage API.
+See transmute's docs/plugin-quickstart.md, then docs/writing-plugins.md for the hooks,
+signals and stage API.
 '''
 
 
@@ -151,5 +169,5 @@ def write_plugin(name: str, directory: Path) -> list[Path]:
     }
     for path, template in files.items():
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(template.format(name=name), encoding="utf-8")
+        path.write_text(template.format(name=name, version=__version__, api=PLUGIN_API_VERSION), encoding="utf-8")
     return list(files)

@@ -207,6 +207,7 @@ class Signal:
     names: list[str] = field(default_factory=list)
 
     kind: ClassVar[str] = "signal"
+    spec_type: ClassVar[type] = object  # the class of `spec`; what a stage's check() must return
     ragged: ClassVar[int] = 1
     per_item: ClassVar[tuple[str, ...]] = ()
     same_size_batches: ClassVar[bool] = False
@@ -223,6 +224,22 @@ class Signal:
     def extent(self, i: int) -> tuple[int, ...]:
         """The valid size of item i along the ragged dimensions."""
         raise NotImplementedError
+
+    def valid_mask(self) -> "torch.Tensor":
+        """A bool tensor, True where data holds an item's own values, False on the padding.
+
+        Its shape broadcasts against `data`: (batch, 1, length) for Waveform and
+        Spectrogram, (batch, 1, H, W) for Images, (batch, H, W) for Codes. Use it
+        for any reduction over the ragged dimensions (max, mean, std), so that
+        an item gives the same result alone or in a batch.
+        """
+        masks = [length_mask([self.extent(i)[d] for i in range(len(self))], self.data.shape[-self.ragged + d],
+                             self.data.device) for d in range(self.ragged)]
+        mask = masks[0]
+        for d, other in enumerate(masks[1:], 1):  # images and codes: valid rows and valid columns
+            mask = mask.view(*mask.shape, 1) & other.view(other.shape[0], *([1] * d), other.shape[1])
+        leading = self.data.dim() - 1 - self.ragged
+        return mask.view(mask.shape[0], *([1] * leading), *mask.shape[1:])
 
     def layout_key(self):
         """Items with equal layout keys can be collated (padded along their ragged dims)."""
@@ -258,6 +275,41 @@ class Signal:
         return cls(data=data, spec=first.spec, names=[n for x in items for n in x.names], **fields)
 
 
+def batch_mismatch(before: Signal, after) -> str | None:
+    """Why what a transform returned is not the batch it was given, in one line; None when it is.
+
+    The same items in the same order (count and names), each with per-item
+    sizes (lengths, sizes) that fit inside the returned data. Sizes may change:
+    a stage that changes lengths returns the new ones. For the runner, which
+    names the stage.
+    """
+    if not isinstance(after, Signal):
+        return f"process() returned {type(after).__name__}, not a signal"
+    if len(after) != len(before):
+        return f"process() was given {len(before)} items and returned {len(after)}"
+    if list(after.names) != list(before.names):
+        return f"process() returned items {list(after.names)} for {list(before.names)} (same names, same order)"
+    for f in after.per_item:
+        values = getattr(after, f)
+        if values is not None and len(values) != len(after):
+            return f"process() returned {len(values)} {f} for {len(after)} items"
+    for i in range(len(after)):
+        extent = tuple(after.extent(i))
+        room = tuple(after.data.shape[-after.ragged:])
+        if any(n > m or n < 0 for n, m in zip(extent, room)):
+            return (f"process() says item '{after.names[i] if i < len(after.names) else i}' spans {extent}, "
+                    f"but the returned data holds {room}")
+    return None
+
+
+def length_mask(lengths, size: int, device=None) -> "torch.Tensor":
+    """(len(lengths), size) bool: row i is True on its first lengths[i] positions, False on the padding."""
+    import torch
+
+    lengths = torch.as_tensor(lengths if isinstance(lengths, torch.Tensor) else list(lengths), device=device)
+    return torch.arange(size, device=lengths.device).unsqueeze(0) < lengths.unsqueeze(1)
+
+
 def _pad_stack(tensors, ragged: int, value: float = 0.0):
     """Stack tensors whose last `ragged` dims differ, zero-padding at the end."""
     if len(tensors) == 1:
@@ -282,6 +334,7 @@ class Waveform(Signal):
     spec: WaveformSpec = field(default_factory=WaveformSpec)
     lengths: list[int] = field(default_factory=list)
     kind: ClassVar[str] = "Waveform"
+    spec_type: ClassVar[type] = WaveformSpec
     per_item: ClassVar[tuple[str, ...]] = ("lengths",)
 
     def __post_init__(self):
@@ -303,6 +356,7 @@ class Spectrogram(Signal):
     lengths: list[int] = field(default_factory=list)
     sample_lengths: list[int] | None = None
     kind: ClassVar[str] = "Spectrogram"
+    spec_type: ClassVar[type] = FeatureSpec
     per_item: ClassVar[tuple[str, ...]] = ("lengths", "sample_lengths")
 
     def __post_init__(self):
@@ -326,6 +380,7 @@ class Images(Signal):
     sizes: list[tuple[int, int]] = field(default_factory=list)
     original_sizes: list[tuple[int, int]] = field(default_factory=list)
     kind: ClassVar[str] = "Images"
+    spec_type: ClassVar[type] = ImageSpec
     ragged: ClassVar[int] = 2
     per_item: ClassVar[tuple[str, ...]] = ("sizes", "original_sizes")
     same_size_batches: ClassVar[bool] = True
@@ -345,6 +400,7 @@ class Codes(Signal):
     spec: CodeSpec = field(default_factory=lambda: CodeSpec(codebook_size=0))
     sizes: list[tuple[int, int]] = field(default_factory=list)
     kind: ClassVar[str] = "Codes"
+    spec_type: ClassVar[type] = CodeSpec
     ragged: ClassVar[int] = 2
     per_item: ClassVar[tuple[str, ...]] = ("sizes",)
     same_size_batches: ClassVar[bool] = True

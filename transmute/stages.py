@@ -19,6 +19,7 @@ CLI can list them quickly; import heavy libraries inside methods.
 from __future__ import annotations
 
 import difflib
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Sequence
@@ -137,6 +138,7 @@ class Stage:
     produces: ClassVar[Any] = None
     params: ClassVar[dict[str, Param]] = {}
     extensions: ClassVar[tuple[str, ...]] = ()  # loaders: file suffixes accepted in folders
+    replaces: ClassVar[str | None] = None  # a stage type of another plugin this one takes over (see plugins.py)
 
     def __init__(self, label: str | None = None, **values):
         self.label = label or self.name.rsplit(".", 1)[-1]
@@ -194,6 +196,7 @@ class Stage:
             "produces": type_name(cls.produces),
             "summary": cls.summary(),
             "params": {k: p.describe() for k, p in cls.params.items()},
+            "replaces": cls.replaces,
         }
 
     # ---------------------------------------------------------------- checking
@@ -235,3 +238,85 @@ class Stage:
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.label} ({self.name})>"
+
+
+# --------------------------------------------------------------------------- the stage contract
+
+STAGE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\.[A-Za-z_][A-Za-z0-9_]*")
+_ROLE_METHODS = {"loader": ("load",), "generator": ("generate",), "transform": ("process",),
+                 "saver": ("save", "suffix")}
+
+
+def _is_signal_type(t) -> bool:
+    from transmute.signals import Signal
+
+    return isinstance(t, type) and issubclass(t, Signal) and t is not Signal
+
+
+def contract_problem(cls) -> str | None:
+    """What is wrong with a stage class as declared, in one line; None when it keeps the contract.
+
+    Checked when a plugin registers the class, so that a mistake in one stage is
+    reported against that stage instead of breaking every listing later.
+    """
+    if not (isinstance(cls, type) and issubclass(cls, Stage)):
+        return f"{cls!r} is not a subclass of transmute.stages.Stage"
+    if not isinstance(cls.name, str) or not STAGE_NAME.fullmatch(cls.name):
+        return (f"name {cls.name!r} is not a stage type \"plugin.stage\" "
+                "(letters, digits and '_', one dot), e.g. name = \"my_fx.gain\"")
+    if cls.replaces is not None and (not isinstance(cls.replaces, str) or not STAGE_NAME.fullmatch(cls.replaces)):
+        return f"replaces {cls.replaces!r} is not a stage type \"plugin.stage\""
+    consumed = cls.consumes if isinstance(cls.consumes, tuple) else (cls.consumes,)
+    if cls.consumes is not None and cls.consumes is not File and not (
+            consumed and all(_is_signal_type(t) for t in consumed)):
+        return (f"consumes {cls.consumes!r} must be a signal type from transmute.signals (Waveform, Spectrogram, "
+                "Images, Codes), a tuple of them, File (a loader) or None (a generator)")
+    if cls.produces is not File and not _is_signal_type(cls.produces):
+        return (f"produces {cls.produces!r} must be a signal type from transmute.signals "
+                "(Waveform, Spectrogram, Images, Codes) or File (a saver)")
+    if cls.produces is File and cls.consumes in (File, None):
+        what = "loads" if cls.consumes is File else "generates"
+        return f"it {what} and saves (consumes {type_name(cls.consumes)}, produces file); a stage does one of them"
+    role = cls.role()
+    for method in _ROLE_METHODS[role]:
+        if getattr(cls, method) is getattr(Stage, method):
+            return f"a {role} must define {method}() (consumes {type_name(cls.consumes)}, produces {type_name(cls.produces)})"
+    if not (cls.__doc__ or "").strip():
+        return "no docstring; its first line is the summary `transmute stages` shows"
+    if not isinstance(cls.params, dict):
+        return f"params must be a dict of {{'key': Param(...)}}, got {type(cls.params).__name__}"
+    for key, param in cls.params.items():
+        problem = _param_problem(key, param)
+        if problem:
+            return f"params[{key!r}]: {problem}"
+    if not isinstance(cls.extensions, (tuple, list)) or not all(isinstance(e, str) for e in cls.extensions):
+        return f"extensions must be a tuple of file suffixes like ('wav', 'flac'), got {cls.extensions!r}"
+    return None
+
+
+def _param_problem(key, param) -> str | None:
+    if not isinstance(key, str) or not key.isidentifier():
+        return "a parameter name must be a Python identifier"
+    if hasattr(Stage, key) or key in ("label", "device", "values"):
+        return f"'{key}' is taken by the Stage base class; choose another parameter name"
+    if not isinstance(param, Param):
+        return (f"{param!r} is not a Param; declare it as Param(type, default, \"help\"), "
+                f"e.g. Param({type(param).__name__}, {param!r}, \"...\")")
+    if param.type not in _TYPE_NAMES:
+        return f"type {param.type!r} is not one of int, float, str, bool, list, dict, pathlib.Path"
+    if param.choices is not None and not isinstance(param.choices, (list, tuple)):
+        return f"choices {param.choices!r} must be a list or tuple of values"
+    for bound in ("min", "max"):
+        value = getattr(param, bound)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            return f"{bound} {value!r} must be a number"
+    if not param.required and not (param.default is None and param.nullable):
+        check = param if not param.must_exist else Param(param.type, param.default, choices=param.choices,
+                                                          min=param.min, max=param.max)
+        try:
+            check.validate(param.default)
+        except ValueError as exc:
+            return f"its default {param.default!r} is not a valid value: {exc}"
+        except Exception as exc:  # noqa: BLE001 - e.g. a str default compared with a numeric min
+            return f"its default {param.default!r} cannot be checked: {type(exc).__name__}: {exc}"
+    return None
