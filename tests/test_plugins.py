@@ -238,7 +238,8 @@ def test_a_stage_that_breaks_the_contract_is_refused_alone(transmute_cli_batch, 
     plugins = plugins_by_name(as_json)
     acme = plugins["acme"]
     assert (acme["status"], acme["builtin"]) == ("ok", False)
-    assert [stage["name"] for stage in acme["stages"]] == ["acme.good", "acme.nocheck", "shared.thing"]
+    assert [stage["name"] for stage in acme["stages"]] == ["acme.good", "acme.nocheck", "shared.thing",
+                                                           "acme.fewer_items", "acme.throws"]
     assert acme["failed_stages"] == ACME_REFUSED
     assert acme["warnings"] == ACME_WARNINGS
     assert acme["hooks"] == ["register_stages"]
@@ -274,6 +275,33 @@ def test_a_stage_that_breaks_the_contract_is_refused_alone(transmute_cli_batch, 
     assert line == (f"Error: {plain}: stage 2: unknown stage type 'acme.plain' (its plugin registered it, but it was "
                     f"refused: stage 'acme.plain' (PlainParam) of plugin 'acme': {ACME_REFUSED[0]['reason']}); "
                     "`transmute stages` lists the installed ones")
+
+
+def test_a_stage_that_drops_items_or_raises_fails_its_items_by_name(transmute_cli_batch, everything, tmp_path):
+    # Results are paired with inputs by position: a stage returning fewer items than it was given must
+    # not have one file's output written under another's name.
+    pipelines = {}
+    for stage in ("fewer_items", "throws"):
+        (tmp_path / stage).mkdir()
+        pipelines[stage] = write_pipeline(tmp_path / stage, 'use = "audio.tone"\nduration = 0.05',
+                                          f'use = "acme.{stage}"', 'use = "audio.save"')
+    drop3, drop1, explode = transmute_cli_batch(
+        [["run", pipelines["fewer_items"], "--count", "3", "-o", tmp_path / "out3"],
+         ["run", pipelines["fewer_items"], "--count", "1", "-o", tmp_path / "out1"],
+         ["run", pipelines["throws"], "--count", "2", "-o", tmp_path / "out-explode"]], everything)
+    rule = "stage 'fewer_items' (acme.fewer_items, plugin acme) broke the batch rule: process() was given {} items and " \
+           "returned {}; nothing was written for these items (the plugin's author can fix this)"
+    for result, count in ((drop3, 3), (drop1, 1)):
+        assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+        failed = [line for line in result.stderr.splitlines() if line.startswith("FAILED")]
+        # A batch that breaks the rule is retried item by item; alone, each item is dropped too.
+        assert failed == [f"FAILED sample-{i:04d}: {rule.format(1, 0)}" for i in range(count)]
+        assert f"0 written, 0 skipped (already there), {count} failed" in result.stderr
+        assert "no input files" not in result.stderr
+        assert not any((tmp_path / f"out{count}").glob("*.wav"))
+    assert explode.returncode == 1
+    assert [line for line in explode.stderr.splitlines() if line.startswith("FAILED")] == [
+        f"FAILED sample-{i:04d}: stage 'throws' (acme.throws, plugin acme): RuntimeError: kaboom" for i in range(2)]
 
 
 def test_a_plugin_replaces_a_builtin_stage_only_when_it_says_so(transmute_cli_batch, sites, tmp_path):

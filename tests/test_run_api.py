@@ -160,7 +160,8 @@ def test_a_batch_failure_leaves_its_neighbours(tmp_path, monkeypatch):
     monkeypatch.setattr(FitImages, "process", process)
     report = transmute.run(IMAGES, [src], tmp_path / "out")
     assert [o.status for o in report.outcomes] == ["written", "written", "failed", "written"]
-    assert report.outcomes[2].reason == "RuntimeError: out of memory" and report.batch_sizes == [4]
+    assert report.outcomes[2].reason == "stage 'fit' (images.fit, plugin images): RuntimeError: out of memory"
+    assert report.batch_sizes == [4]
 
 
 def test_ctrl_c_during_compute_stops_cleanly_and_a_rerun_finishes(tmp_path, monkeypatch):

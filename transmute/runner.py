@@ -32,6 +32,7 @@ from transmute.devices import resolve_device
 from transmute.errors import InputError, TransmuteError, one_line
 from transmute.files import atomic_path, check_readable, discover, remove_stale_temporaries
 from transmute.pipeline import Pipeline
+from transmute.signals import batch_mismatch
 
 # A batch is cut short past this many input elements (about 6 minutes of 22 kHz
 # audio), so a folder of long files never needs many times one file's memory.
@@ -544,7 +545,21 @@ class Runner:
         finite = []
         with torch.inference_mode():
             for stage in self.pipeline.transforms:
-                signal_ = stage.process(signal_)
+                given = signal_
+                try:
+                    signal_ = stage.process(given)
+                except KeyboardInterrupt:
+                    raise
+                except Exception as exc:
+                    if os.environ.get("TRANSMUTE_DEBUG") and not isinstance(exc, TransmuteError):
+                        traceback.print_exception(exc)
+                    raise StageFailure(f"{_stage_ref(stage)}: {one_line(exc)}") from None
+                # Results are paired with inputs by position: a stage that drops, adds or reorders
+                # items would write one file's output under another's name.
+                wrong = batch_mismatch(given, signal_)
+                if wrong is not None:
+                    raise StageFailure(f"{_stage_ref(stage)} broke the batch rule: {wrong}; nothing was written "
+                                       "for these items (the plugin's author can fix this)")
                 if signal_.data.is_floating_point():
                     finite.append((stage, torch.isfinite(signal_.data).all()))
             # One host sync per batch for the NaN checks of every stage, not one per stage.
@@ -552,7 +567,7 @@ class Runner:
                 flags = torch.stack([flag for _, flag in finite]).cpu().tolist()
                 for (stage, _), ok in zip(finite, flags):
                     if not ok:
-                        raise InputError(f"stage '{stage.label}' ({stage.name}) produced NaN or infinite values")
+                        raise InputError(f"{_stage_ref(stage)} produced NaN or infinite values")
         return signal_.to("cpu")
 
     def _save(self, job: Job, item) -> _Done:
@@ -636,6 +651,18 @@ def _set_tf32(enabled: bool) -> None:
     else:  # pragma: no cover - older torch
         torch.backends.cuda.matmul.allow_tf32 = enabled
         torch.backends.cudnn.allow_tf32 = enabled
+
+
+class StageFailure(TransmuteError):
+    """A transform that raised, or returned other items than it was given; names the stage and its plugin."""
+
+
+def _stage_ref(stage) -> str:
+    """"stage 'mel' (audio.logmel, plugin audio)": which step of the pipeline, which stage type, whose."""
+    from transmute.plugins import get_manager
+
+    plugin = get_manager().registry.stage_plugin.get(stage.name)
+    return f"stage '{stage.label}' ({stage.name}{f', plugin {plugin}' if plugin else ''})"
 
 
 def _check_finite(signal_, message: str) -> None:
