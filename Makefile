@@ -43,12 +43,13 @@ system-packages:
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $(SYSTEM_PACKAGES) >/dev/null; \
 	else echo "note: no festival voices and no apt-get rights: festival tests will be skipped ($(SYSTEM_PACKAGES))"; fi
 
+# One pytest worker per core (pytest-xdist): the tests run torch on one thread each.
 test: $(STAMP) system-packages
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto
 
 # While editing: everything but the tests marked slow (CI and `make test` run those too).
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -n auto -m "not slow"
 
 # The two-speaker corpus the built-in converter is trained on (data/festival/).
 corpus: system-packages
