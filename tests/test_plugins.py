@@ -419,3 +419,12 @@ def test_the_guide_shows_real_output(transmute_cli, guide_site, tmp_path):
     result = transmute_cli(["run", "gate-clean", "in/", "-o", "out/", "--set", "gate.threshold_db=6"], guide_site)
     assert result.returncode != 0
     assert result.stderr.strip().split("gate-clean.toml")[1] in guide
+
+
+def test_the_guides_python_run_example_runs(run_python, guide_site, tmp_path):
+    [code] = [code for _, title, code in guide_blocks() if title == "examples/run_gate.py"]
+    write_wav(tmp_path / "recordings" / "take1.wav")
+    (tmp_path / "run_gate.py").write_text(code, encoding="utf-8")
+    result = run_python([tmp_path / "run_gate.py"], guide_site, cwd=tmp_path)
+    assert ok(result).startswith("1 written, 0 skipped (already there), 0 failed")
+    assert (tmp_path / "cleaned" / "take1.wav").is_file()
