@@ -164,6 +164,24 @@ def test_a_batch_failure_leaves_its_neighbours(tmp_path, monkeypatch):
     assert report.batch_sizes == [4]
 
 
+def test_a_stage_that_drops_an_item_only_in_batches_fails_the_batch(tmp_path, monkeypatch):
+    # Retried alone it would pass, hiding the bug (and the docs' "given 4 items and returned 3").
+    src = images(tmp_path / "in", [(8, 8)] * 4)
+    real = FitImages.process
+
+    def process(self, signal):
+        out = real(self, signal)
+        return out if len(signal) == 1 else type(out).collate(out.items()[:-1])
+
+    monkeypatch.setattr(FitImages, "process", process)
+    report = transmute.run(IMAGES, [src], tmp_path / "out")
+    assert [o.status for o in report.outcomes] == ["failed"] * 4
+    assert {o.reason for o in report.outcomes} == {
+        "stage 'fit' (images.fit, plugin images) broke the batch rule: process() was given 4 items and returned 3; "
+        "nothing was written for these items (the plugin's author can fix this)"}
+    assert not any((tmp_path / "out").glob("*"))
+
+
 def test_ctrl_c_during_compute_stops_cleanly_and_a_rerun_finishes(tmp_path, monkeypatch):
     src = images(tmp_path / "in", [(8, 8)] * 12)
     real = FitImages.process

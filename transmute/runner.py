@@ -525,6 +525,12 @@ class Runner:
             results = self._transform(signal_type.collate([p.item for p in batch])).items()
         except KeyboardInterrupt:
             raise
+        except BatchRuleBroken as exc:
+            # The stage's bug, not an item's: retried alone, a stage that only miscounts in batches
+            # would pass and hide it. Every item of the batch fails with what the stage did to it.
+            for entry in batch:
+                self._fail(entry.index, entry.job, exc, entry.warnings, entry.timings)
+            return
         except Exception as exc:
             if len(batch) > 1:  # find the item that fails; the others go on
                 for entry in batch:
@@ -558,7 +564,7 @@ class Runner:
                 # items would write one file's output under another's name.
                 wrong = batch_mismatch(given, signal_)
                 if wrong is not None:
-                    raise StageFailure(f"{_stage_ref(stage)} broke the batch rule: {wrong}; nothing was written "
+                    raise BatchRuleBroken(f"{_stage_ref(stage)} broke the batch rule: {wrong}; nothing was written "
                                        "for these items (the plugin's author can fix this)")
                 if signal_.data.is_floating_point():
                     finite.append((stage, torch.isfinite(signal_.data).all()))
@@ -655,6 +661,10 @@ def _set_tf32(enabled: bool) -> None:
 
 class StageFailure(TransmuteError):
     """A transform that raised, or returned other items than it was given; names the stage and its plugin."""
+
+
+class BatchRuleBroken(StageFailure):
+    """A transform returned other items than it was given (count, names, sizes): fails the whole batch, no retry."""
 
 
 def _stage_ref(stage) -> str:

@@ -286,7 +286,7 @@ def batch_mismatch(before: Signal, after) -> str | None:
     if not isinstance(after, Signal):
         return f"process() returned {type(after).__name__}, not a signal"
     if len(after) != len(before):
-        return f"process() was given {len(before)} items and returned {len(after)}"
+        return f"process() was given {len(before)} item{'s' * (len(before) != 1)} and returned {len(after)}"
     if list(after.names) != list(before.names):
         return f"process() returned items {list(after.names)} for {list(before.names)} (same names, same order)"
     for f in after.per_item:
