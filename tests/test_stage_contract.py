@@ -136,6 +136,18 @@ def test_functions_that_look_like_hooks_but_are_never_called():
     assert len(hook_warnings(module, [])) == 1
 
 
+def test_a_stage_of_a_plugin_whose_hook_is_never_called_says_why_it_is_unknown():
+    module = types.ModuleType("transmute_typo")
+    exec("from transmute.hookspecs import hookimpl\n"
+         "@hookimpl\ndef register_stage(register): pass\n", module.__dict__)
+    manager = Manager(only={"typo"})
+    manager.add(module, "typo")
+    assert manager.registry.why_missing("typo.gain") == (
+        " (plugin 'typo' registered nothing under that name: register_stage() is marked @hookimpl, but transmute "
+        "has no hook of that name (did you mean 'register_stages'?); it is never called)")
+    assert manager.registry.why_missing("other.gain") == ""
+
+
 def test_builtin_stages_keep_their_names_when_a_plugin_is_added_before_them():
     """Manager.add before load_entry_points (section 9 of the guide) must not let a plugin take a built-in name."""
     manager = Manager(only={"audio", "early", "eager"})
