@@ -177,3 +177,22 @@ def test_builtin_stages_keep_their_names_when_a_plugin_is_added_before_them():
 
     manager.fail("eager", "gone")  # the built-in it replaced comes back
     assert manager.registry.stage_plugin["audio.save"] == "audio"
+
+
+def test_a_pipeline_error_on_a_replaced_stage_names_the_plugin_that_replaced_it():
+    # resynthesize sets n_fft on audio.logmel; when a plugin replaced it, "unknown parameter 'n_fft'" alone
+    # would send the user looking at the built-in.
+    from transmute.errors import PipelineError
+    from transmute.pipeline import build_pipeline
+
+    manager = Manager(only={"audio", "pipelines", "fastx"})
+    mel = stage(name="fastx.logmel", replaces="audio.logmel", __doc__="Replaces audio.logmel.",
+                produces=Spectrogram)
+    fastx = types.ModuleType("transmute_fastx")
+    fastx.register_stages = hookimpl(lambda register: register(mel))
+    manager.load_entry_points()
+    manager.add(fastx, "fastx")
+    assert manager.registry.stages["audio.logmel"] is mel
+    with pytest.raises(PipelineError, match=r"stage 'mel' \(audio\.logmel, replaced by fastx\.logmel of plugin "
+                                            r"fastx\): unknown parameter 'n_fft'"):
+        build_pipeline("resynthesize", manager.registry)
