@@ -331,3 +331,56 @@ def test_tf32_is_off_on_cuda_unless_asked(monkeypatch, tmp_path):
     assert Runner(pipeline, tmp_path, tf32=True).tf32 is True
     monkeypatch.setenv("TRANSMUTE_TF32", "1")
     assert Runner(pipeline, tmp_path).tf32 is True
+
+
+def test_a_generator_that_makes_fewer_items_or_raises_fails_its_items_by_name(tmp_path):
+    # generate()'s items are saved by position: one fewer used to leave an item with no outcome ("2 written,
+    # 0 failed" for --count 3); an exception named neither the stage nor its plugin.
+    import types
+
+    import torch
+
+    from transmute.hookspecs import hookimpl
+    from transmute.plugins import Manager, reset_manager
+    from transmute.signals import Waveform, WaveformSpec
+    from transmute.stages import Stage
+
+    class Few(Stage):
+        """Makes one item fewer than asked (none of them named, which alone is fine)."""
+
+        name, consumes, produces = "gen.few", None, Waveform
+
+        def check(self, incoming):
+            return WaveformSpec(8000, 1)
+
+        def generate(self, count, names):
+            return Waveform(torch.zeros(max(1, count - 1), 1, 80), WaveformSpec(8000, 1))
+
+    class Boom(Few):
+        """Raises."""
+
+        name = "gen.boom"
+
+        def generate(self, count, names):
+            raise RuntimeError("kaboom")
+
+    module = types.ModuleType("transmute_gen")
+    module.register_stages = hookimpl(lambda register: [register(Few), register(Boom)])
+    manager = Manager(only={"audio", "gen"})
+    manager.add(module, "gen")
+    manager.load_entry_points()
+    reset_manager(manager)
+    try:
+        reasons = {}
+        for kind in ("few", "boom"):
+            pipeline = {"pipeline": {"batch_size": 3}, "stage": [{"use": f"gen.{kind}"}, {"use": "audio.save"}]}
+            report = transmute.run(pipeline, [], tmp_path / kind, count=4)
+            assert [o.job.name for o in report.outcomes] == [f"sample-{i:04d}" for i in range(4)]
+            reasons[kind] = [(o.status, o.reason) for o in report.outcomes]
+    finally:
+        reset_manager()
+    rule = "stage 'few' (gen.few, plugin gen) broke the batch rule: generate() was asked for 3 items and returned 2; " \
+           "nothing was written for these items (the plugin's author can fix this)"
+    assert reasons["few"] == [("failed", rule)] * 3 + [("written", "")]  # the last batch, of one, is whole
+    assert reasons["boom"] == [("failed", "stage 'boom' (gen.boom, plugin gen): RuntimeError: kaboom")] * 4
+    assert [p.name for p in (tmp_path / "few").iterdir()] == ["sample-0003.wav"]

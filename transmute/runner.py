@@ -32,7 +32,7 @@ from transmute.devices import resolve_device
 from transmute.errors import InputError, TransmuteError, one_line
 from transmute.files import atomic_path, check_readable, discover, remove_stale_temporaries
 from transmute.pipeline import Pipeline
-from transmute.signals import batch_mismatch
+from transmute.signals import Signal, batch_mismatch, generated_mismatch
 
 # A batch is cut short past this many input elements (about 6 minutes of 22 kHz
 # audio), so a folder of long files never needs many times one file's memory.
@@ -487,12 +487,25 @@ class Runner:
         for start in range(0, len(todo), self.batch_size):
             chunk = todo[start : start + self.batch_size]
             began = time.perf_counter()
+            stage, names = self.pipeline.first, [job.name for _, job in chunk]
             try:
                 with torch.inference_mode():
-                    batch = self.pipeline.first.generate(len(chunk), [job.name for _, job in chunk])
+                    batch = stage.generate(len(chunk), names)
+                if isinstance(batch, Signal) and not batch.names and len(batch) == len(names):
+                    batch.names = list(names)  # unnamed but complete: the items are the ones asked for
+                # Items are saved by position, as a transform's are: a generator that makes fewer
+                # items than asked would leave some without an outcome (and the run "succeeded").
+                wrong = generated_mismatch(names, batch)
+                if wrong is not None:
+                    raise BatchRuleBroken(f"{_stage_ref(stage)} broke the batch rule: {wrong}; nothing was "
+                                          "written for these items (the plugin's author can fix this)")
             except KeyboardInterrupt:
                 raise
             except Exception as exc:
+                if not isinstance(exc, StageFailure):
+                    if os.environ.get("TRANSMUTE_DEBUG") and not isinstance(exc, TransmuteError):
+                        traceback.print_exception(exc)
+                    exc = StageFailure(f"{_stage_ref(stage)}: {one_line(exc)}")
                 for index, job in chunk:
                     self._fail(index, job, exc)
                 continue

@@ -302,6 +302,17 @@ def batch_mismatch(before: Signal, after) -> str | None:
     return None
 
 
+def generated_mismatch(names: list[str], batch) -> str | None:
+    """Why what generate(count, names) returned is not those items, in one line; None when it is."""
+    if not isinstance(batch, Signal):
+        return f"generate() returned {type(batch).__name__}, not a signal"
+    if len(batch) != len(names):
+        return f"generate() was asked for {len(names)} item{'s' * (len(names) != 1)} and returned {len(batch)}"
+    if list(batch.names) != list(names):
+        return f"generate() returned items {list(batch.names)} for {list(names)} (the names it was given, in order)"
+    return batch_mismatch(batch, batch)  # per-item sizes that fit the data
+
+
 def length_mask(lengths, size: int, device=None) -> "torch.Tensor":
     """(len(lengths), size) bool: row i is True on its first lengths[i] positions, False on the padding."""
     import torch
