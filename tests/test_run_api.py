@@ -384,3 +384,16 @@ def test_a_generator_that_makes_fewer_items_or_raises_fails_its_items_by_name(tm
     assert reasons["few"] == [("failed", rule)] * 3 + [("written", "")]  # the last batch, of one, is whole
     assert reasons["boom"] == [("failed", "stage 'boom' (gen.boom, plugin gen): RuntimeError: kaboom")] * 4
     assert [p.name for p in (tmp_path / "few").iterdir()] == ["sample-0003.wav"]
+
+
+def test_a_bug_in_a_loader_or_saver_names_the_stage_and_its_plugin(tmp_path, monkeypatch):
+    from transmute_image.stages import SaveImages
+
+    src = images(tmp_path / "in", [(8, 8)])
+    monkeypatch.setattr(LoadImages, "load", lambda self, path: 1 / 0)
+    [loaded] = transmute.run(IMAGES, [src], tmp_path / "out").outcomes
+    assert loaded.reason == "stage 'load' (images.load, plugin images): ZeroDivisionError: division by zero"
+    monkeypatch.undo()
+    monkeypatch.setattr(SaveImages, "save", lambda self, item, path: {}["oops"])
+    [saved] = transmute.run(IMAGES, [src], tmp_path / "out").outcomes
+    assert saved.reason == "stage 'save' (images.save, plugin images): KeyError: 'oops'"

@@ -524,7 +524,7 @@ class Runner:
                 _check_finite(item, "the input contains NaN or infinite values")
                 done.value = item
             except Exception as exc:
-                done.error = exc
+                done.error = _named(exc, self.pipeline.first)
         done.seconds = time.perf_counter() - began
         return done
 
@@ -598,7 +598,7 @@ class Runner:
                 with atomic_path(job.output) as tmp:
                     self.pipeline.saver.save(item, tmp)
             except Exception as exc:
-                done.error = exc
+                done.error = _named(exc, self.pipeline.saver)
         done.seconds = time.perf_counter() - began
         return done
 
@@ -678,6 +678,16 @@ class StageFailure(TransmuteError):
 
 class BatchRuleBroken(StageFailure):
     """A transform returned other items than it was given (count, names, sizes): fails the whole batch, no retry."""
+
+
+def _named(exc: Exception, stage) -> Exception:
+    """A bug in a loader or saver (not a TransmuteError such as InputError, nor an OSError such as a full
+    disk) names the stage and its plugin, as an exception in process() does."""
+    if isinstance(exc, (TransmuteError, OSError)):
+        return exc
+    if os.environ.get("TRANSMUTE_DEBUG"):
+        traceback.print_exception(exc)
+    return StageFailure(f"{_stage_ref(stage)}: {one_line(exc)}")
 
 
 def _stage_ref(stage) -> str:
