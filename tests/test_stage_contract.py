@@ -67,6 +67,13 @@ def test_not_a_stage_class():
     assert "is not a subclass" in contract_problem(stage()())
 
 
+def test_an_unmet_api_requirement_says_which_way_to_go():
+    assert api_problem(">=99.0").endswith("upgrade transmute, or install a version of the plugin made for it")
+    for too_new in ("<1", ">=0.5,<1.0", "!=1.0"):
+        assert api_problem(too_new).endswith(
+            "install a version of the plugin made for it, or a transmute that provides what it needs"), too_new
+
+
 def test_api_requirements():
     assert PLUGIN_API_VERSION == "1.0"
     for met in (">=1.0", "1.0", ">=1", "==1.0", ">=1.0,<2", "<1.1", "!=0.9"):

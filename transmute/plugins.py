@@ -372,8 +372,13 @@ def api_problem(requirement) -> str | None:
             return None
     except ValueError as exc:
         return f"requires_api: {exc}"
+    lower = [c for c in str(requirement).split(",") if not c.strip().startswith(("<", "!="))]
+    if lower and not api_satisfies(",".join(lower)):  # this transmute is too old for it
+        advice = "upgrade transmute, or install a version of the plugin made for it"
+    else:  # too new: "upgrade transmute" would not help
+        advice = "install a version of the plugin made for it, or a transmute that provides what it needs"
     return (f"needs plugin API {requirement} (its requires_api), but this transmute provides "
-            f"{PLUGIN_API_VERSION}: upgrade transmute, or install a version of the plugin made for it")
+            f"{PLUGIN_API_VERSION}: {advice}")
 
 
 def hook_warnings(module, unknown_hooks) -> list[str]:
