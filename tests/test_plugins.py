@@ -289,13 +289,14 @@ def test_a_stage_that_drops_items_or_raises_fails_its_items_by_name(transmute_cl
         [["run", pipelines["fewer_items"], "--count", "3", "-o", tmp_path / "out3"],
          ["run", pipelines["fewer_items"], "--count", "1", "-o", tmp_path / "out1"],
          ["run", pipelines["throws"], "--count", "2", "-o", tmp_path / "out-explode"]], everything)
-    rule = "stage 'fewer_items' (acme.fewer_items, plugin acme) broke the batch rule: process() was given {} items and " \
+    rule = "stage 'fewer_items' (acme.fewer_items, plugin acme) broke the batch rule: process() was given {} and " \
            "returned {}; nothing was written for these items (the plugin's author can fix this)"
-    for result, count in ((drop3, 3), (drop1, 1)):
+    for result, count, given in ((drop3, 3, "3 items"), (drop1, 1, "1 item")):
         assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
         failed = [line for line in result.stderr.splitlines() if line.startswith("FAILED")]
-        # A batch that breaks the rule is retried item by item; alone, each item is dropped too.
-        assert failed == [f"FAILED sample-{i:04d}: {rule.format(1, 0)}" for i in range(count)]
+        # The whole batch fails, with what the stage did to it: never retried item by item, where a
+        # stage that miscounts only in batches would pass and hide its bug.
+        assert failed == [f"FAILED sample-{i:04d}: {rule.format(given, count - 1)}" for i in range(count)]
         assert f"0 written, 0 skipped (already there), {count} failed" in result.stderr
         assert "no input files" not in result.stderr
         assert not any((tmp_path / f"out{count}").glob("*.wav"))

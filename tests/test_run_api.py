@@ -164,6 +164,24 @@ def test_a_batch_failure_leaves_its_neighbours(tmp_path, monkeypatch):
     assert report.batch_sizes == [4]
 
 
+def test_a_stage_that_drops_an_item_only_in_batches_fails_the_batch(tmp_path, monkeypatch):
+    # Retried alone it would pass, hiding the bug (and the docs' "given 4 items and returned 3").
+    src = images(tmp_path / "in", [(8, 8)] * 4)
+    real = FitImages.process
+
+    def process(self, signal):
+        out = real(self, signal)
+        return out if len(signal) == 1 else type(out).collate(out.items()[:-1])
+
+    monkeypatch.setattr(FitImages, "process", process)
+    report = transmute.run(IMAGES, [src], tmp_path / "out")
+    assert [o.status for o in report.outcomes] == ["failed"] * 4
+    assert {o.reason for o in report.outcomes} == {
+        "stage 'fit' (images.fit, plugin images) broke the batch rule: process() was given 4 items and returned 3; "
+        "nothing was written for these items (the plugin's author can fix this)"}
+    assert not any((tmp_path / "out").glob("*"))
+
+
 def test_ctrl_c_during_compute_stops_cleanly_and_a_rerun_finishes(tmp_path, monkeypatch):
     src = images(tmp_path / "in", [(8, 8)] * 12)
     real = FitImages.process
@@ -313,3 +331,69 @@ def test_tf32_is_off_on_cuda_unless_asked(monkeypatch, tmp_path):
     assert Runner(pipeline, tmp_path, tf32=True).tf32 is True
     monkeypatch.setenv("TRANSMUTE_TF32", "1")
     assert Runner(pipeline, tmp_path).tf32 is True
+
+
+def test_a_generator_that_makes_fewer_items_or_raises_fails_its_items_by_name(tmp_path):
+    # generate()'s items are saved by position: one fewer used to leave an item with no outcome ("2 written,
+    # 0 failed" for --count 3); an exception named neither the stage nor its plugin.
+    import types
+
+    import torch
+
+    from transmute.hookspecs import hookimpl
+    from transmute.plugins import Manager, reset_manager
+    from transmute.signals import Waveform, WaveformSpec
+    from transmute.stages import Stage
+
+    class Few(Stage):
+        """Makes one item fewer than asked (none of them named, which alone is fine)."""
+
+        name, consumes, produces = "gen.few", None, Waveform
+
+        def check(self, incoming):
+            return WaveformSpec(8000, 1)
+
+        def generate(self, count, names):
+            return Waveform(torch.zeros(max(1, count - 1), 1, 80), WaveformSpec(8000, 1))
+
+    class Boom(Few):
+        """Raises."""
+
+        name = "gen.boom"
+
+        def generate(self, count, names):
+            raise RuntimeError("kaboom")
+
+    module = types.ModuleType("transmute_gen")
+    module.register_stages = hookimpl(lambda register: [register(Few), register(Boom)])
+    manager = Manager(only={"audio", "gen"})
+    manager.add(module, "gen")
+    manager.load_entry_points()
+    reset_manager(manager)
+    try:
+        reasons = {}
+        for kind in ("few", "boom"):
+            pipeline = {"pipeline": {"batch_size": 3}, "stage": [{"use": f"gen.{kind}"}, {"use": "audio.save"}]}
+            report = transmute.run(pipeline, [], tmp_path / kind, count=4)
+            assert [o.job.name for o in report.outcomes] == [f"sample-{i:04d}" for i in range(4)]
+            reasons[kind] = [(o.status, o.reason) for o in report.outcomes]
+    finally:
+        reset_manager()
+    rule = "stage 'few' (gen.few, plugin gen) broke the batch rule: generate() was asked for 3 items and returned 2; " \
+           "nothing was written for these items (the plugin's author can fix this)"
+    assert reasons["few"] == [("failed", rule)] * 3 + [("written", "")]  # the last batch, of one, is whole
+    assert reasons["boom"] == [("failed", "stage 'boom' (gen.boom, plugin gen): RuntimeError: kaboom")] * 4
+    assert [p.name for p in (tmp_path / "few").iterdir()] == ["sample-0003.wav"]
+
+
+def test_a_bug_in_a_loader_or_saver_names_the_stage_and_its_plugin(tmp_path, monkeypatch):
+    from transmute_image.stages import SaveImages
+
+    src = images(tmp_path / "in", [(8, 8)])
+    monkeypatch.setattr(LoadImages, "load", lambda self, path: 1 / 0)
+    [loaded] = transmute.run(IMAGES, [src], tmp_path / "out").outcomes
+    assert loaded.reason == "stage 'load' (images.load, plugin images): ZeroDivisionError: division by zero"
+    monkeypatch.undo()
+    monkeypatch.setattr(SaveImages, "save", lambda self, item, path: {}["oops"])
+    [saved] = transmute.run(IMAGES, [src], tmp_path / "out").outcomes
+    assert saved.reason == "stage 'save' (images.save, plugin images): KeyError: 'oops'"

@@ -67,6 +67,13 @@ def test_not_a_stage_class():
     assert "is not a subclass" in contract_problem(stage()())
 
 
+def test_an_unmet_api_requirement_says_which_way_to_go():
+    assert api_problem(">=99.0").endswith("upgrade transmute, or install a version of the plugin made for it")
+    for too_new in ("<1", ">=0.5,<1.0", "!=1.0"):
+        assert api_problem(too_new).endswith(
+            "install a version of the plugin made for it, or a transmute that provides what it needs"), too_new
+
+
 def test_api_requirements():
     assert PLUGIN_API_VERSION == "1.0"
     for met in (">=1.0", "1.0", ">=1", "==1.0", ">=1.0,<2", "<1.1", "!=0.9"):
@@ -136,6 +143,18 @@ def test_functions_that_look_like_hooks_but_are_never_called():
     assert len(hook_warnings(module, [])) == 1
 
 
+def test_a_stage_of_a_plugin_whose_hook_is_never_called_says_why_it_is_unknown():
+    module = types.ModuleType("transmute_typo")
+    exec("from transmute.hookspecs import hookimpl\n"
+         "@hookimpl\ndef register_stage(register): pass\n", module.__dict__)
+    manager = Manager(only={"typo"})
+    manager.add(module, "typo")
+    assert manager.registry.why_missing("typo.gain") == (
+        " (plugin 'typo' registered nothing under that name: register_stage() is marked @hookimpl, but transmute "
+        "has no hook of that name (did you mean 'register_stages'?); it is never called)")
+    assert manager.registry.why_missing("other.gain") == ""
+
+
 def test_builtin_stages_keep_their_names_when_a_plugin_is_added_before_them():
     """Manager.add before load_entry_points (section 9 of the guide) must not let a plugin take a built-in name."""
     manager = Manager(only={"audio", "early", "eager"})
@@ -165,3 +184,22 @@ def test_builtin_stages_keep_their_names_when_a_plugin_is_added_before_them():
 
     manager.fail("eager", "gone")  # the built-in it replaced comes back
     assert manager.registry.stage_plugin["audio.save"] == "audio"
+
+
+def test_a_pipeline_error_on_a_replaced_stage_names_the_plugin_that_replaced_it():
+    # resynthesize sets n_fft on audio.logmel; when a plugin replaced it, "unknown parameter 'n_fft'" alone
+    # would send the user looking at the built-in.
+    from transmute.errors import PipelineError
+    from transmute.pipeline import build_pipeline
+
+    manager = Manager(only={"audio", "pipelines", "fastx"})
+    mel = stage(name="fastx.logmel", replaces="audio.logmel", __doc__="Replaces audio.logmel.",
+                produces=Spectrogram)
+    fastx = types.ModuleType("transmute_fastx")
+    fastx.register_stages = hookimpl(lambda register: register(mel))
+    manager.load_entry_points()
+    manager.add(fastx, "fastx")
+    assert manager.registry.stages["audio.logmel"] is mel
+    with pytest.raises(PipelineError, match=r"stage 'mel' \(audio\.logmel, replaced by fastx\.logmel of plugin "
+                                            r"fastx\): unknown parameter 'n_fft'"):
+        build_pipeline("resynthesize", manager.registry)

@@ -242,33 +242,46 @@ def build_from_dict(doc: dict, registry, source: str = "<pipeline>", name: str =
         raise PipelineError(f"{where}: [pipeline]: 'device' must be auto, cpu or cuda, got {device!r}")
 
     stages: list[Stage] = []
+    types: dict[str, str] = {}  # step label -> how its stage type is named in messages
     for cfg in configs:
         cls = registry.stages[cfg["use"]]
+        types[cfg["name"]] = _type_ref(cfg["use"], cls, registry)
         try:
             stages.append(cls(label=cfg["name"], **cfg["values"]))
         except ParamError as exc:
-            raise PipelineError(f"{where}: stage '{cfg['name']}' ({cfg['use']}): {exc}") from None
+            raise PipelineError(f"{where}: stage '{cfg['name']}' ({types[cfg['name']]}): {exc}") from None
 
-    specs = check_chain(stages, where)
+    specs = check_chain(stages, where, types)
     return Pipeline(name=name, source=where, stages=stages, specs=specs,
                     description=str(settings.get("description", "")), batch_size=batch_size,
                     device=device, settings=settings)
 
 
-def _stage_ref(where: str, stage: Stage) -> str:
-    return f"{where}: stage '{stage.label}' ({stage.name})"
+def _type_ref(use: str, cls, registry) -> str:
+    """'audio.logmel', or where another plugin replaced it, who did: its parameters and checks are theirs."""
+    if use not in getattr(registry, "replaced", {}):
+        return use
+    by = registry.stage_plugin.get(use, "?")
+    return f"{use}, replaced by plugin {by}" if cls.name == use else f"{use}, replaced by {cls.name} of plugin {by}"
 
 
-def check_chain(stages: list[Stage], where: str) -> list[Any]:
-    """Check roles, signal types and specs from first to last stage; return the specs."""
+def _stage_ref(where: str, stage: Stage, types: dict[str, str] | None = None) -> str:
+    return f"{where}: stage '{stage.label}' ({(types or {}).get(stage.label, stage.name)})"
+
+
+def check_chain(stages: list[Stage], where: str, types: dict[str, str] | None = None) -> list[Any]:
+    """Check roles, signal types and specs from first to last stage; return the specs.
+
+    types: step label -> the stage type as messages name it (default: the class's name).
+    """
     first, last = stages[0], stages[-1]
     if first.role() not in ("loader", "generator"):
         raise PipelineError(
-            f"{_stage_ref(where, first)}: the first stage must load files or generate, "
+            f"{_stage_ref(where, first, types)}: the first stage must load files or generate, "
             f"but it consumes {type_name(first.consumed_types()[0])}"
         )
     if last.role() != "saver":
-        raise PipelineError(f"{_stage_ref(where, last)}: the last stage must save files (e.g. audio.save)")
+        raise PipelineError(f"{_stage_ref(where, last, types)}: the last stage must save files (e.g. audio.save)")
     if len(stages) < 2:
         raise PipelineError(f"{where}: a pipeline needs at least a first and a last stage")
     specs = []
@@ -277,32 +290,33 @@ def check_chain(stages: list[Stage], where: str) -> list[Any]:
     for i, stage in enumerate(stages):
         if i > 0:
             if stage.role() in ("loader", "generator"):
-                raise PipelineError(f"{_stage_ref(where, stage)}: only the first stage can load or generate")
+                raise PipelineError(f"{_stage_ref(where, stage, types)}: only the first stage can load or generate")
             if previous.produces not in stage.consumed_types():
                 wants = " or ".join(type_name(t) for t in stage.consumed_types())
                 raise PipelineError(
-                    f"{_stage_ref(where, stage)} consumes {wants}, but stage '{previous.label}' "
+                    f"{_stage_ref(where, stage, types)} consumes {wants}, but stage '{previous.label}' "
                     f"({previous.name}) produces {type_name(previous.produces)}"
                 )
         if i < len(stages) - 1 and stage.produces is File:
-            raise PipelineError(f"{_stage_ref(where, stage)}: only the last stage can save files")
+            raise PipelineError(f"{_stage_ref(where, stage, types)}: only the last stage can save files")
         try:
             spec = stage.check(incoming)
         except SpecMismatch as exc:
             source = f" from stage '{previous.label}'" if previous is not None else ""
             raise PipelineError(
-                f"{_stage_ref(where, stage)}: incoming {type_name(previous.produces) if previous else ''}"
+                f"{_stage_ref(where, stage, types)}: incoming {type_name(previous.produces) if previous else ''}"
                 f"{source}: {exc}"
             ) from None
         except TransmuteError as exc:
-            raise PipelineError(f"{_stage_ref(where, stage)}: {exc}") from None
+            raise PipelineError(f"{_stage_ref(where, stage, types)}: {exc}") from None
         if stage.produces is not File:
             wanted = stage.produces.spec_type
+            ref = _stage_ref(where, stage, types)
             if spec is None:
-                raise PipelineError(f"{_stage_ref(where, stage)}: check() returned None; it must return the spec "
+                raise PipelineError(f"{ref}: check() returned None; it must return the spec "
                                     f"it produces (a {wanted.__name__}; the plugin's author can fix this)")
             if not isinstance(spec, wanted):
-                raise PipelineError(f"{_stage_ref(where, stage)}: check() returned a {type(spec).__name__}, but the "
+                raise PipelineError(f"{ref}: check() returned a {type(spec).__name__}, but the "
                                     f"stage produces {type_name(stage.produces)}, whose spec is a {wanted.__name__} "
                                     "(the plugin's author can fix this)")
         specs.append(spec)

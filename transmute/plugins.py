@@ -68,6 +68,7 @@ class Registry:
     unavailable: dict[str, str] = field(default_factory=dict)  # plugin name -> why it is not loaded
     failed_stages: dict[str, str] = field(default_factory=dict)  # stage name -> why it was refused
     replaced: dict[str, tuple[str, type]] = field(default_factory=dict)  # stage name -> (its plugin, its class)
+    uncalled_hooks: dict[str, str] = field(default_factory=dict)  # plugin name -> its first hook_warnings line
 
     def why_missing(self, stage_name: str) -> str:
         """A hint for an unknown stage type that was refused, or whose prefix names a disabled or failed plugin."""
@@ -75,7 +76,10 @@ class Registry:
             return f" (its plugin registered it, but it was refused: {self.failed_stages[stage_name]})"
         plugin = stage_name.split(".", 1)[0]
         reason = self.unavailable.get(plugin)
-        return f" (plugin '{plugin}' is not loaded: {reason})" if reason else ""
+        if reason:
+            return f" (plugin '{plugin}' is not loaded: {reason})"
+        uncalled = self.uncalled_hooks.get(plugin)
+        return f" (plugin '{plugin}' registered nothing under that name: {uncalled})" if uncalled else ""
 
     def drop(self, plugin: str) -> None:
         for table, owner in ((self.stages, self.stage_plugin), (self.pipelines, self.pipeline_plugin),
@@ -156,7 +160,10 @@ class Manager:
             return
         callers = self.pm.get_hookcallers(module) or []
         info.hooks = sorted(h.name for h in callers if h.has_spec())
-        info.warnings.extend(hook_warnings(module, [h.name for h in callers if not h.has_spec()]))
+        uncalled = hook_warnings(module, [h.name for h in callers if not h.has_spec()])
+        info.warnings.extend(uncalled)
+        if uncalled:  # its stages are "unknown" to a pipeline: say why there too
+            self.registry.uncalled_hooks[info.name] = uncalled[0]
         self._call_one(info, "register_stages", register=self._stage_registrar(info))
         self._call_one(info, "register_pipelines", register=self._pipeline_registrar(info))
         self._call_one(info, "register_models", register=self._model_registrar(info))
@@ -365,8 +372,13 @@ def api_problem(requirement) -> str | None:
             return None
     except ValueError as exc:
         return f"requires_api: {exc}"
+    lower = [c for c in str(requirement).split(",") if not c.strip().startswith(("<", "!="))]
+    if lower and not api_satisfies(",".join(lower)):  # this transmute is too old for it
+        advice = "upgrade transmute, or install a version of the plugin made for it"
+    else:  # too new: "upgrade transmute" would not help
+        advice = "install a version of the plugin made for it, or a transmute that provides what it needs"
     return (f"needs plugin API {requirement} (its requires_api), but this transmute provides "
-            f"{PLUGIN_API_VERSION}: upgrade transmute, or install a version of the plugin made for it")
+            f"{PLUGIN_API_VERSION}: {advice}")
 
 
 def hook_warnings(module, unknown_hooks) -> list[str]:

@@ -32,7 +32,7 @@ from transmute.devices import resolve_device
 from transmute.errors import InputError, TransmuteError, one_line
 from transmute.files import atomic_path, check_readable, discover, remove_stale_temporaries
 from transmute.pipeline import Pipeline
-from transmute.signals import batch_mismatch
+from transmute.signals import Signal, batch_mismatch, generated_mismatch
 
 # A batch is cut short past this many input elements (about 6 minutes of 22 kHz
 # audio), so a folder of long files never needs many times one file's memory.
@@ -487,12 +487,25 @@ class Runner:
         for start in range(0, len(todo), self.batch_size):
             chunk = todo[start : start + self.batch_size]
             began = time.perf_counter()
+            stage, names = self.pipeline.first, [job.name for _, job in chunk]
             try:
                 with torch.inference_mode():
-                    batch = self.pipeline.first.generate(len(chunk), [job.name for _, job in chunk])
+                    batch = stage.generate(len(chunk), names)
+                if isinstance(batch, Signal) and not batch.names and len(batch) == len(names):
+                    batch.names = list(names)  # unnamed but complete: the items are the ones asked for
+                # Items are saved by position, as a transform's are: a generator that makes fewer
+                # items than asked would leave some without an outcome (and the run "succeeded").
+                wrong = generated_mismatch(names, batch)
+                if wrong is not None:
+                    raise BatchRuleBroken(f"{_stage_ref(stage)} broke the batch rule: {wrong}; nothing was "
+                                          "written for these items (the plugin's author can fix this)")
             except KeyboardInterrupt:
                 raise
             except Exception as exc:
+                if not isinstance(exc, StageFailure):
+                    if os.environ.get("TRANSMUTE_DEBUG") and not isinstance(exc, TransmuteError):
+                        traceback.print_exception(exc)
+                    exc = StageFailure(f"{_stage_ref(stage)}: {one_line(exc)}")
                 for index, job in chunk:
                     self._fail(index, job, exc)
                 continue
@@ -511,7 +524,7 @@ class Runner:
                 _check_finite(item, "the input contains NaN or infinite values")
                 done.value = item
             except Exception as exc:
-                done.error = exc
+                done.error = _named(exc, self.pipeline.first)
         done.seconds = time.perf_counter() - began
         return done
 
@@ -525,6 +538,12 @@ class Runner:
             results = self._transform(signal_type.collate([p.item for p in batch])).items()
         except KeyboardInterrupt:
             raise
+        except BatchRuleBroken as exc:
+            # The stage's bug, not an item's: retried alone, a stage that only miscounts in batches
+            # would pass and hide it. Every item of the batch fails with what the stage did to it.
+            for entry in batch:
+                self._fail(entry.index, entry.job, exc, entry.warnings, entry.timings)
+            return
         except Exception as exc:
             if len(batch) > 1:  # find the item that fails; the others go on
                 for entry in batch:
@@ -558,7 +577,7 @@ class Runner:
                 # items would write one file's output under another's name.
                 wrong = batch_mismatch(given, signal_)
                 if wrong is not None:
-                    raise StageFailure(f"{_stage_ref(stage)} broke the batch rule: {wrong}; nothing was written "
+                    raise BatchRuleBroken(f"{_stage_ref(stage)} broke the batch rule: {wrong}; nothing was written "
                                        "for these items (the plugin's author can fix this)")
                 if signal_.data.is_floating_point():
                     finite.append((stage, torch.isfinite(signal_.data).all()))
@@ -579,7 +598,7 @@ class Runner:
                 with atomic_path(job.output) as tmp:
                     self.pipeline.saver.save(item, tmp)
             except Exception as exc:
-                done.error = exc
+                done.error = _named(exc, self.pipeline.saver)
         done.seconds = time.perf_counter() - began
         return done
 
@@ -655,6 +674,20 @@ def _set_tf32(enabled: bool) -> None:
 
 class StageFailure(TransmuteError):
     """A transform that raised, or returned other items than it was given; names the stage and its plugin."""
+
+
+class BatchRuleBroken(StageFailure):
+    """A transform returned other items than it was given (count, names, sizes): fails the whole batch, no retry."""
+
+
+def _named(exc: Exception, stage) -> Exception:
+    """A bug in a loader or saver (not a TransmuteError such as InputError, nor an OSError such as a full
+    disk) names the stage and its plugin, as an exception in process() does."""
+    if isinstance(exc, (TransmuteError, OSError)):
+        return exc
+    if os.environ.get("TRANSMUTE_DEBUG"):
+        traceback.print_exception(exc)
+    return StageFailure(f"{_stage_ref(stage)}: {one_line(exc)}")
 
 
 def _stage_ref(stage) -> str:

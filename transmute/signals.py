@@ -286,7 +286,7 @@ def batch_mismatch(before: Signal, after) -> str | None:
     if not isinstance(after, Signal):
         return f"process() returned {type(after).__name__}, not a signal"
     if len(after) != len(before):
-        return f"process() was given {len(before)} items and returned {len(after)}"
+        return f"process() was given {len(before)} item{'s' * (len(before) != 1)} and returned {len(after)}"
     if list(after.names) != list(before.names):
         return f"process() returned items {list(after.names)} for {list(before.names)} (same names, same order)"
     for f in after.per_item:
@@ -300,6 +300,17 @@ def batch_mismatch(before: Signal, after) -> str | None:
             return (f"process() says item '{after.names[i] if i < len(after.names) else i}' spans {extent}, "
                     f"but the returned data holds {room}")
     return None
+
+
+def generated_mismatch(names: list[str], batch) -> str | None:
+    """Why what generate(count, names) returned is not those items, in one line; None when it is."""
+    if not isinstance(batch, Signal):
+        return f"generate() returned {type(batch).__name__}, not a signal"
+    if len(batch) != len(names):
+        return f"generate() was asked for {len(names)} item{'s' * (len(names) != 1)} and returned {len(batch)}"
+    if list(batch.names) != list(names):
+        return f"generate() returned items {list(batch.names)} for {list(names)} (the names it was given, in order)"
+    return batch_mismatch(batch, batch)  # per-item sizes that fit the data
 
 
 def length_mask(lengths, size: int, device=None) -> "torch.Tensor":

@@ -194,6 +194,9 @@ class MelToLinear(Stage):
         from transmute import dsp
 
         linear = dsp.linear_magnitude(signal.data, signal.spec, self.n_iter)
+        # The padding of log features (0.0 = log 1) would come out as loud magnitudes: keep it silent,
+        # as audio.logmel's magnitudes are (docs/writing-plugins.md, "What the padding holds").
+        linear = linear * signal.valid_mask()
         return signal.replace(data=linear, spec=self.check(signal.spec))
 
 
