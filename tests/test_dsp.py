@@ -170,6 +170,18 @@ def test_mel_features_come_back_as_mel_bands_that_mel_to_linear_takes():
     assert error.median() < 0.01 and error.mean() < 0.2
 
 
+def test_mel_bands_go_back_to_the_same_features():
+    spec = FeatureSpec(sample_rate=SR, power=2.0, fmax=8000)
+    y = torch.from_numpy(speechlike(0.5))[None]
+    X, frames = dsp.stft(y, spec)
+    feats = dsp.magnitudes_to_features(X.abs(), spec, frames)
+    mel_bands = dsp.features_to_magnitudes(feats, spec)
+    torch.testing.assert_close(dsp.magnitudes_to_features(mel_bands, spec, frames, mel_bands=True), feats,
+                               rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="mel_bands=True needs a mel spec and 80 mel bands, got 513 rows"):
+        dsp.magnitudes_to_features(X.abs(), spec, mel_bands=True)
+
+
 def test_magnitudes_to_features_wants_linear_bins():
     with pytest.raises(ValueError, match="needs 513 linear bins \\(n_fft 1024\\), got 80"):
         dsp.magnitudes_to_features(torch.ones(1, 80, 4), FeatureSpec())

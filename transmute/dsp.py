@@ -244,7 +244,8 @@ def features(
 
 
 def magnitudes_to_features(
-    magnitude: torch.Tensor, spec: FeatureSpec, frame_lengths: Sequence[int] | None = None
+    magnitude: torch.Tensor, spec: FeatureSpec, frame_lengths: Sequence[int] | None = None,
+    mel_bands: bool = False,
 ) -> torch.Tensor:
     """|STFT| (batch, n_fft // 2 + 1, frames) -> the features `spec` describes (batch, n_bins, frames).
 
@@ -253,13 +254,23 @@ def magnitudes_to_features(
     `features` turns an STFT into features, so a stage that edits linear
     magnitudes gets back exactly what audio.logmel would have made. Frames past
     an item's `frame_lengths` are set to 0.0 (see transmute.signals.length_mask).
+
+    mel_bands=True takes, for a mel spec, what features_to_magnitudes returns
+    (mel_basis @ |STFT|**power, (batch, n_mels, frames)) and skips the power and
+    the projection: a stage that edits mel bands goes back to features exactly.
     """
-    if magnitude.shape[-2] != spec.n_fft // 2 + 1:
+    if mel_bands:
+        if not spec.is_mel or magnitude.shape[-2] != spec.n_mels:
+            raise ValueError(f"mel_bands=True needs a mel spec and {spec.n_mels} mel bands, got "
+                             f"{magnitude.shape[-2]} rows (n_mels {spec.n_mels})")
+        feats = magnitude
+    elif magnitude.shape[-2] != spec.n_fft // 2 + 1:
         raise ValueError(f"magnitudes_to_features needs {spec.n_fft // 2 + 1} linear bins (n_fft {spec.n_fft}), "
-                         f"got {magnitude.shape[-2]}")
-    feats = magnitude**spec.power if spec.power != 1.0 else magnitude
-    if spec.is_mel:
-        feats = torch.matmul(mel_basis(spec, feats.device, feats.dtype), feats)
+                         f"got {magnitude.shape[-2]}; for mel bands from features_to_magnitudes pass mel_bands=True")
+    else:
+        feats = magnitude**spec.power if spec.power != 1.0 else magnitude
+        if spec.is_mel:
+            feats = torch.matmul(mel_basis(spec, feats.device, feats.dtype), feats)
     if spec.log:
         feats = torch.log(torch.clamp(feats, min=spec.log_floor))
     if spec.normalization is not None:
