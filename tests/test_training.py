@@ -313,7 +313,7 @@ def test_a_full_disk_while_saving_is_one_line_and_keeps_the_last_checkpoint(tmp_
 
 def test_an_unwritable_run_folder_is_one_line(tmp_path):
     (tmp_path / "file").write_text("")
-    with pytest.raises(TransmuteError, match=r"file/run: cannot write to the run folder \(Not a directory\); "
+    with pytest.raises(TransmuteError, match=r"file/run: cannot write to the run folder \(not a directory\); "
                                              r"choose another --out$"):
         train(Regression(), config(tmp_path / "file" / "run", 5))
 

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from transmute.devices import resolve_device
-from transmute.errors import InputError, TransmuteError, one_line
+from transmute.errors import InputError, TransmuteError, one_line, os_reason
 from transmute.files import atomic_path, check_readable, discover, remove_stale_temporaries
 from transmute.pipeline import Pipeline
 from transmute.signals import batch_mismatch
@@ -391,7 +391,8 @@ class Runner:
         try:
             self.outdir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise TransmuteError(f"{self.outdir}: cannot create the output folder ({exc.strerror or exc})") from None
+            reason = os_reason(exc) if exc.errno else exc
+            raise TransmuteError(f"{self.outdir}: cannot create the output folder ({reason})") from None
         self.report.removed_temporaries = remove_stale_temporaries(self.outdir)
         if self.device.startswith("cuda"):
             _set_tf32(self.tf32)
