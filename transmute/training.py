@@ -639,7 +639,9 @@ def train(task: Task, config: TrainConfig, profile: dict | None = None) -> Path:
         how = {_Terminated: "terminated (SIGTERM)", KeyboardInterrupt: "interrupted"}.get(
             type(stop), f"a data worker died ({stop})")
         where = f"the last checkpoint (step {saved}) is in {state_path}" if saved else "no checkpoint was written yet"
-        raise TransmuteError(f"{how} at step {step}; {where} (add --resume to continue)") from None
+        error = TransmuteError(f"{how} at step {step}; {where} (add --resume to continue)")
+        error.exit_code = {_Terminated: 143, KeyboardInterrupt: 130}.get(type(stop), 1)  # what `run` exits with
+        raise error from None
     finally:
         if stream is not None and hasattr(stream, "_shutdown_workers"):
             with contextlib.suppress(Exception):  # a worker may be dead already
