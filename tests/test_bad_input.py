@@ -236,6 +236,24 @@ def test_opaque_writer_errors_are_explained_by_the_folder(tmp_path, monkeypatch)
             fails(tmp)
 
 
+def test_a_full_disk_under_safetensors_is_named(tmp_path):
+    """safetensors (Rust) raises SafetensorError, not OSError, removes its partial file, and keeps only the
+    errno in its text: the disk still has room for small files, so only that text says why."""
+    import torch
+    from safetensors.torch import save_file
+
+    disk = mounted_tmpfs(tmp_path / "two", "size=2m")
+    try:
+        target = disk / "last.safetensors"
+        with pytest.raises(TransmuteError, match=f"^cannot write {target}: no space left on device$") as caught:
+            with atomic_path(target) as tmp:
+                save_file({"x": torch.zeros(1_000_000)}, str(tmp))  # 4 MB
+        assert isinstance(caught.value, OSError)  # what the training loop catches to keep its last checkpoint
+        assert list(disk.iterdir()) == []
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)
+
+
 def test_errors_about_the_data_pass_through(tmp_path):
     with pytest.raises(ValueError, match="bad data"):
         with atomic_path(tmp_path / "x.wav"):

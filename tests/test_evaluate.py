@@ -66,3 +66,18 @@ def test_the_real_speaker_encoder_tells_two_voices_apart():
     kal1, kal2, slt = (embed(_read(speech / name)) for name in ("kal-01.wav", "kal-02.wav", "slt-01.wav"))
     assert kal1.shape == (256,) and np.linalg.norm(kal1) == pytest.approx(1, abs=1e-3)
     assert kal1 @ kal2 > kal1 @ slt + 0.1
+
+
+def test_unpaired_folders_are_refused_before_converting_naming_the_users_folders(tmp_path):
+    from click.testing import CliRunner
+
+    from transmute.cli import cli
+
+    for role, name in (("source", "a1"), ("target", "b1")):
+        (tmp_path / role).mkdir()
+        sf.write(tmp_path / role / f"{name}.wav", vowel(110, 700), SAMPLE_RATE)
+    result = CliRunner().invoke(cli, ["eval", "vc", "--source", str(tmp_path / "source"), "--target",
+                                      str(tmp_path / "target"), "--converted", str(tmp_path / "converted")])
+    assert result.exit_code == 1
+    assert f"no file in {tmp_path / 'source'} has a file at the same relative path" in result.output
+    assert not (tmp_path / "converted").exists()  # nothing was converted first

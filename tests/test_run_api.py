@@ -73,6 +73,16 @@ def test_run_returns_a_report_and_never_prints(tmp_path, capsys):
     assert [o.status for o in again.outcomes] == ["skipped"]
 
 
+def test_one_input_or_override_may_be_given_bare(tmp_path):
+    """A bare string is one input, not its characters ("in/" walked "i", "n" and "/": the whole disk)."""
+    src = tmp_path / "in"
+    src.mkdir()
+    tone(src / "a.wav")
+    for i, inputs in enumerate([str(src) + "/", src]):
+        report = transmute.run("resynthesize", inputs, tmp_path / f"out{i}", overrides=FAST[0])
+        assert [(o.job.label, o.status) for o in report.outcomes] == [(str(src / "a.wav"), "written")]
+
+
 def test_setup_problems_raise_one_line_errors(tmp_path):
     (tmp_path / "notes.txt").write_text("x")
     with pytest.raises(TransmuteError, match="no pipeline named 'resynthesise' .*did you mean 'resynthesize'"):

@@ -313,7 +313,7 @@ def test_a_full_disk_while_saving_is_one_line_and_keeps_the_last_checkpoint(tmp_
 
 def test_an_unwritable_run_folder_is_one_line(tmp_path):
     (tmp_path / "file").write_text("")
-    with pytest.raises(TransmuteError, match=r"file/run: cannot write to the run folder \(Not a directory\); "
+    with pytest.raises(TransmuteError, match=r"file/run: cannot write to the run folder \(not a directory\); "
                                              r"choose another --out$"):
         train(Regression(), config(tmp_path / "file" / "run", 5))
 
@@ -351,8 +351,9 @@ def test_sigterm_stops_like_ctrl_c(tmp_path, workers):
 
     before = signal.getsignal(signal.SIGTERM)
     with pytest.raises(TransmuteError, match=r"^terminated \(SIGTERM\) at step 7; the last checkpoint \(step 5\) "
-                                             r"is in .*last.safetensors \(add --resume to continue\)$"):
+                                             r"is in .*last.safetensors \(add --resume to continue\)$") as caught:
         train(Terminated(), config(tmp_path / "run", 20, workers=workers))
+    assert caught.value.exit_code == 143  # the CLI exits as `transmute run` does when stopped
     assert signal.getsignal(signal.SIGTERM) == before
     assert load_checkpoint(tmp_path / "run" / "checkpoints" / "last.safetensors").extra["step"] == 5
 

@@ -37,7 +37,9 @@ class TransmuteGroup(click.Group):
         try:
             return super().invoke(ctx)
         except TransmuteError as exc:
-            raise click.ClickException(" ".join(str(exc).split())) from None
+            error = click.ClickException(" ".join(str(exc).split()))
+            error.exit_code = exc.exit_code  # 130/143 for training stopped by Ctrl-C/SIGTERM, as `run` exits
+            raise error from None
 
 
 class PluginCommandGroup(click.Group):

@@ -6,7 +6,12 @@ import os
 
 
 class TransmuteError(Exception):
-    """A problem the user can fix; shown as one line, never as a traceback."""
+    """A problem the user can fix; shown as one line, never as a traceback.
+
+    exit_code is the CLI's exit status for it: 1, or 130/143 for a run stopped by Ctrl-C/SIGTERM.
+    """
+
+    exit_code = 1
 
 
 class PipelineError(TransmuteError):

@@ -80,6 +80,12 @@ def _write_failure(exc: Exception, tmp: Path, path: Path) -> str | None:
         return None
     if isinstance(exc, OSError) and exc.errno:
         return os_reason(exc)
+    # Writers in Rust wrap the system's error in their own type and keep only its text: safetensors raises
+    # SafetensorError("... I/O error: No space left on device (os error 28)") and has already removed its
+    # partial file, so the folder below would look fine. The errno in the text says why.
+    code = re.search(r"\(os error (\d+)\)", str(exc))
+    if code:
+        return os_reason(OSError(int(code.group(1)), ""))
     # Some writers only say "System error." (libsndfile): ask the folder what is wrong.
     try:
         stats = os.statvfs(path.parent)

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from transmute.devices import resolve_device
-from transmute.errors import InputError, TransmuteError, one_line
+from transmute.errors import InputError, TransmuteError, one_line, os_reason
 from transmute.files import atomic_path, check_readable, discover, remove_stale_temporaries
 from transmute.pipeline import Pipeline
 from transmute.signals import Signal, batch_mismatch, generated_mismatch
@@ -136,7 +136,7 @@ def run(
     """Run `pipeline` over `inputs` (files and folders) into the folder `output`; return a Report.
 
     pipeline: a registered name, a .toml path, a dict in pipeline-file form, or
-    a built Pipeline. overrides: "stage.param=value" strings or (stage, param,
+    a built Pipeline. inputs: a list of files and folders, or one. overrides: "stage.param=value" strings or (stage, param,
     value) tuples. count: how many items a generating pipeline makes. workers:
     decode/encode threads (0: everything on the calling thread; default
     default_workers()). tf32: allow TensorFloat-32 on CUDA (default off, or
@@ -149,6 +149,12 @@ def run(
     (no half-written outputs) and returns the Report with `interrupted` set to
     the signal number.
     """
+    # One file or folder, or one override, may be given bare: iterating a string would take each character
+    # as an input ("in/" -> "i", "n" and "/": the whole disk).
+    if isinstance(inputs, (str, os.PathLike)):
+        inputs = [inputs]
+    if isinstance(overrides, str):
+        overrides = [overrides]
     built = _build(pipeline, list(overrides))
     inputs = [str(p) for p in inputs]
     if built.is_generator:
@@ -391,7 +397,8 @@ class Runner:
         try:
             self.outdir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise TransmuteError(f"{self.outdir}: cannot create the output folder ({exc.strerror or exc})") from None
+            reason = os_reason(exc) if exc.errno else exc
+            raise TransmuteError(f"{self.outdir}: cannot create the output folder ({reason})") from None
         self.report.removed_temporaries = remove_stale_temporaries(self.outdir)
         if self.device.startswith("cuda"):
             _set_tf32(self.tf32)

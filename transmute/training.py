@@ -52,7 +52,7 @@ from typing import Any, Callable
 
 from transmute.checkpoint import Checkpoint, load_checkpoint, load_weights, save_checkpoint
 from transmute.devices import resolve_device
-from transmute.errors import CheckpointError, TransmuteError, one_line
+from transmute.errors import CheckpointError, TransmuteError, one_line, os_reason
 
 STATE_MODEL = "training-state"
 
@@ -496,7 +496,7 @@ def precision_setup(precision: str, device) -> Callable[[], Any]:
 
 def _output_error(exc: OSError, target: Path, what: str, saved: int, state_path: Path) -> TransmuteError:
     """One line for a failed write (a full disk, a read-only or vanished folder): what, where, what is safe."""
-    reason = exc.strerror or one_line(exc)
+    reason = os_reason(exc) if exc.errno else (exc.strerror or one_line(exc))
     if saved:
         kept = f"the checkpoint of step {saved}{'' if target == state_path else f' ({state_path})'} is intact; " \
                "free space or fix the folder, then add --resume"
@@ -639,7 +639,9 @@ def train(task: Task, config: TrainConfig, profile: dict | None = None) -> Path:
         how = {_Terminated: "terminated (SIGTERM)", KeyboardInterrupt: "interrupted"}.get(
             type(stop), f"a data worker died ({stop})")
         where = f"the last checkpoint (step {saved}) is in {state_path}" if saved else "no checkpoint was written yet"
-        raise TransmuteError(f"{how} at step {step}; {where} (add --resume to continue)") from None
+        error = TransmuteError(f"{how} at step {step}; {where} (add --resume to continue)")
+        error.exit_code = {_Terminated: 143, KeyboardInterrupt: 130}.get(type(stop), 1)  # what `run` exits with
+        raise error from None
     finally:
         if stream is not None and hasattr(stream, "_shutdown_workers"):
             with contextlib.suppress(Exception):  # a worker may be dead already
@@ -684,7 +686,7 @@ def _prepare_run_dir(run_dir: Path, state_path: Path, resume: bool) -> None:
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as exc:
-        raise TransmuteError(f"{run_dir}: cannot write to the run folder ({exc.strerror or one_line(exc)}); "
+        raise TransmuteError(f"{run_dir}: cannot write to the run folder ({os_reason(exc) if exc.errno else one_line(exc)}); "
                              "choose another --out") from None
     if state_path.exists() and not resume:
         raise TransmuteError(f"{run_dir}: already holds a training run; add --resume to continue it "

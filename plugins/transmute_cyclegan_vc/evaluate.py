@@ -261,6 +261,12 @@ def eval_vc_command(model, source, target, direction, converted, as_json):
 
     from transmute import run
 
+    # Before converting anything: a converted file is only measured against a target file at the same
+    # relative path, and without one the error named the temporary folder of converted files.
+    targets = _audio_by_relative_path(target)
+    if not any(name in targets for name in _audio_by_relative_path(source)):
+        raise click.ClickException(f"no file in {source} has a file at the same relative path (name without "
+                                   f"extension) in {target}; eval vc needs both speakers saying the same sentences")
     with tempfile.TemporaryDirectory() as scratch:
         out = converted or Path(scratch) / "converted"
         overrides = [("mel", "spec_from", model), ("convert", "model", model), ("convert", "direction", direction)]
