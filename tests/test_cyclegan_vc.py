@@ -333,3 +333,12 @@ def test_leading_and_trailing_silence_is_trimmed_from_training_audio():
     speech_starts = int(np.flatnonzero(trimmed[:, 1] != 0)[0])
     assert speech_starts < 1024 and 0.95 * SR <= len(trimmed) <= SR + 2048  # within a frame of the speech
     assert trim_silence(np.zeros((100, 1)), 40).shape == (100, 1)  # all silence: kept as it is
+
+
+def test_an_unusable_out_folder_is_said_before_the_recordings_are_read(speakers, tmp_path):
+    (tmp_path / "file").write_text("not a folder")
+    result = invoke("train", "cyclegan-vc", "--a", speakers / "low", "--b", speakers / "high", "--preset", "tiny",
+                    "--steps", "1", "--out", tmp_path / "file" / "run")
+    assert result.exit_code == 1
+    assert "reading" not in result.output
+    assert f"{tmp_path / 'file' / 'run'}: cannot write to the run folder (not a directory)" in result.output

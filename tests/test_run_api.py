@@ -407,3 +407,14 @@ def test_a_bug_in_a_loader_or_saver_names_the_stage_and_its_plugin(tmp_path, mon
     monkeypatch.setattr(SaveImages, "save", lambda self, item, path: {}["oops"])
     [saved] = transmute.run(IMAGES, [src], tmp_path / "out").outcomes
     assert saved.reason == "stage 'save' (images.save, plugin images): KeyError: 'oops'"
+
+
+def test_a_file_reached_through_a_link_and_its_own_path_is_written_where_it_is(tmp_path):
+    src = tmp_path / "in"
+    (src / "sub").mkdir(parents=True)
+    tone(src / "sub" / "real.wav")
+    (src / "alink.wav").symlink_to(src / "sub" / "real.wav")  # sorts first
+    report = transmute.run("resynthesize", [src], tmp_path / "out", overrides=FAST)
+    assert [(o.job.label, o.status) for o in report.outcomes] == [(str(src / "sub" / "real.wav"), "written")]
+    assert sorted(p.relative_to(tmp_path / "out").as_posix() for p in (tmp_path / "out").rglob("*.wav")) == [
+        "sub/real.wav"]

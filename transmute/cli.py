@@ -312,7 +312,8 @@ class RunPrinter:
 @click.argument("pipeline")
 @click.argument("inputs", nargs=-1, type=click.Path(readable=False))
 @click.option("-o", "--output", "outdir", required=True, type=click.Path(file_okay=False, readable=False),
-              help="Folder for the outputs (created if missing); input sub-folders are mirrored.")
+              help="Folder for the outputs (created if missing). What is inside each input folder lands directly "
+                   "in it, sub-folders mirrored; a file named on the command line lands at its top.")
 @_set_option
 @click.option("--device", default=None, metavar="auto|cpu|cuda[:N]",
               help="Where stages run (default: the pipeline's, else auto).")

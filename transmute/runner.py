@@ -365,13 +365,18 @@ class Runner:
         jobs: list[Job] = []
         for raw, reason in missing:
             self._emit(Outcome(Job(raw, raw, Path()), "failed", reason))
-        claimed: dict[Path, str] = {}
-        seen: set[Path] = set()
+        # A file named twice, named and inside a folder also named, or reached through a symbolic link
+        # and by its own path is processed once: where it is reached without a link if it is, else first.
+        chosen: dict[Path, object] = {}
         for f in files:
             resolved = f.path.resolve()
-            if resolved in seen:  # named twice, or named and inside a folder also named: once is enough
+            if resolved not in chosen or (_through_link(chosen[resolved].path) and not _through_link(f.path)):
+                chosen[resolved] = f
+        claimed: dict[Path, str] = {}
+        for f in files:
+            resolved = f.path.resolve()
+            if chosen.get(resolved) is not f:
                 continue
-            seen.add(resolved)
             output = self.outdir / f.relative.with_suffix(suffix)
             job = Job(str(f.path), f.relative.with_suffix("").as_posix(), output, f.path)
             if output.resolve() == resolved:
@@ -677,6 +682,10 @@ def _set_tf32(enabled: bool) -> None:
     else:  # pragma: no cover - older torch
         torch.backends.cuda.matmul.allow_tf32 = enabled
         torch.backends.cudnn.allow_tf32 = enabled
+
+
+def _through_link(path: Path) -> bool:
+    return Path(os.path.abspath(path)) != path.resolve()
 
 
 class StageFailure(TransmuteError):

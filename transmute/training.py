@@ -794,6 +794,10 @@ def config_from_options(options: dict, preset: dict) -> TrainConfig:
     keys = ("steps", "batch_size", "checkpoint_every", "sample_every")
     chosen = {k: options.get(k) if options.get(k) is not None else hparams[k] for k in keys}
     hparams.update({k: chosen[k] for k in ("steps", "batch_size")})
-    return TrainConfig(out=options["out"], seed=options["seed"], device=options["device"],
-                       precision=options["precision"], resume=options["resume"], workers=options.get("workers", 0),
-                       sample_weights=options.get("sample_weights"), hparams=hparams, **chosen)
+    config = TrainConfig(out=options["out"], seed=options["seed"], device=options["device"],
+                         precision=options["precision"], resume=options["resume"], workers=options.get("workers", 0),
+                         sample_weights=options.get("sample_weights"), hparams=hparams, **chosen)
+    if _distributed()[1] == 0:  # before a family reads its data: an unusable --out is said at once, not an hour on
+        out = Path(config.out)
+        _prepare_run_dir(out, out / "checkpoints" / "last.safetensors", config.resume)
+    return config
