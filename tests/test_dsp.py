@@ -155,14 +155,18 @@ def test_linear_magnitudes_to_features_and_back(power):
     torch.testing.assert_close(back[~above_floor], torch.full_like(back[~above_floor], floor), rtol=1e-4, atol=0)
 
 
-def test_mel_features_come_back_as_mel_bands_that_mel_to_linear_takes():
+def _mel_round_trip():
+    """(spec, |STFT|, frame counts, log-mel features, mel bands back from them) of half a second of speech."""
     spec = FeatureSpec(sample_rate=SR, power=2.0, fmax=8000)
-    y = torch.from_numpy(speechlike(0.5))[None]
-    X, frames = dsp.stft(y, spec)
+    X, frames = dsp.stft(torch.from_numpy(speechlike(0.5))[None], spec)
     feats = dsp.magnitudes_to_features(X.abs(), spec, frames)
-    mel_bands = dsp.features_to_magnitudes(feats, spec)
+    return spec, X.abs(), frames, feats, dsp.features_to_magnitudes(feats, spec)
+
+
+def test_mel_features_come_back_as_mel_bands_that_mel_to_linear_takes():
+    spec, magnitude, frames, feats, mel_bands = _mel_round_trip()
     assert mel_bands.shape == (1, spec.n_mels, frames[0])
-    expected = torch.matmul(dsp.mel_basis(spec), X.abs() ** 2).clamp_min(spec.log_floor)
+    expected = torch.matmul(dsp.mel_basis(spec), magnitude**2).clamp_min(spec.log_floor)
     torch.testing.assert_close(mel_bands, expected, rtol=1e-4, atol=1e-7)
     linear = dsp.mel_to_linear(mel_bands, spec)  # an estimate of |STFT|: back through the features, close
     again = dsp.magnitudes_to_features(linear, spec, frames)
@@ -171,15 +175,11 @@ def test_mel_features_come_back_as_mel_bands_that_mel_to_linear_takes():
 
 
 def test_mel_bands_go_back_to_the_same_features():
-    spec = FeatureSpec(sample_rate=SR, power=2.0, fmax=8000)
-    y = torch.from_numpy(speechlike(0.5))[None]
-    X, frames = dsp.stft(y, spec)
-    feats = dsp.magnitudes_to_features(X.abs(), spec, frames)
-    mel_bands = dsp.features_to_magnitudes(feats, spec)
+    spec, magnitude, frames, feats, mel_bands = _mel_round_trip()
     torch.testing.assert_close(dsp.magnitudes_to_features(mel_bands, spec, frames, mel_bands=True), feats,
                                rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="mel_bands=True needs a mel spec and 80 mel bands, got 513 rows"):
-        dsp.magnitudes_to_features(X.abs(), spec, mel_bands=True)
+        dsp.magnitudes_to_features(magnitude, spec, mel_bands=True)
 
 
 def test_magnitudes_to_features_wants_linear_bins():
