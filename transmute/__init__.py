@@ -29,6 +29,7 @@ PLUGIN_API_MODULES = (
     "transmute.files",  # finding inputs, atomic writes
     "transmute.checkpoint",  # safetensors checkpoints with metadata
     "transmute.training",  # the training loop a model family plugs into
+    "transmute.gan",  # adversarial losses, the CycleGAN objective, history buffer, PatchGAN, LR decay
     "transmute.pipeline",  # building pipelines from files or dicts
     "transmute.viz",  # spectrogram PNGs for training samples
     "transmute.cli",  # RunPrinter, workers_option, tf32_option: a command that runs a pipeline shows it as `run` does

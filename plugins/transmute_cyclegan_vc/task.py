@@ -9,6 +9,7 @@ from torch.nn import functional as F
 
 from transmute.checkpoint import Checkpoint
 from transmute.errors import TransmuteError
+from transmute.gan import CycleObjective, linear_decay
 from transmute.signals import FeatureSpec, Normalization
 from transmute.training import Context, Task, TrainingData
 
@@ -117,21 +118,6 @@ class SpeakerSegments(TrainingData):
                 "mask_a": self._mask(a.shape[0], rng), "mask_b": self._mask(b.shape[0], rng)}
 
 
-def linear_decay(steps: int, decay_from: int):
-    """The paper's schedule as a LambdaLR factor: constant, then linear to zero at `steps`.
-
-    It is defined against the run's total steps, so resuming with a larger
-    --steps stretches it: from the resumed step on the rate follows the longer
-    line (it rises if the decay had begun, from zero if the old run had ended).
-    """
-    def factor(step: int) -> float:
-        if step < decay_from or steps <= decay_from:
-            return 1.0
-        return max(0.0, 1 - (step - decay_from) / (steps - decay_from))
-
-    return factor
-
-
 class CycleGANVCTask(Task):
     plugin = PLUGIN
     model = MODEL
@@ -217,40 +203,26 @@ class CycleGANVCTask(Task):
         run = self.run
         # The loop pins batches in memory on a GPU: the copies overlap with compute.
         a, b, ma, mb = (batch[k].to(ctx.device, non_blocking=True) for k in ("a", "b", "mask_a", "mask_b"))
-        use_identity = step < self.h["identity_until"]
+        objective = CycleObjective(LAMBDA_CYCLE, LAMBDA_IDENTITY, "lsgan")
+        second = {"d_a2": run["d_a2"], "d_b2": run["d_b2"]}  # judge cycle-reconstructed features (two-step loss)
 
         # Generators: adversarial (one- and two-step), cycle-consistency, identity.
         self.opt["g"].zero_grad(set_to_none=True)
         with ctx.autocast():
-            fake_b, fake_a = run["g_ab"](a, ma), run["g_ba"](b, mb)
-            cycle_a, cycle_b = run["g_ba"](fake_b), run["g_ab"](fake_a)
-            adv = ((run["d_b"](fake_b) - 1) ** 2).mean() + ((run["d_a"](fake_a) - 1) ** 2).mean()
-            adv2 = ((run["d_a2"](cycle_a) - 1) ** 2).mean() + ((run["d_b2"](cycle_b) - 1) ** 2).mean()
-            cycle = (cycle_a - a).abs().mean() + (cycle_b - b).abs().mean()
-            loss_g = adv + adv2 + LAMBDA_CYCLE * cycle
-            identity = torch.zeros((), device=ctx.device)
-            if use_identity:
-                identity = (run["g_ab"](b) - b).abs().mean() + (run["g_ba"](a) - a).abs().mean()
-                loss_g = loss_g + LAMBDA_IDENTITY * identity
+            loss_g, parts, outputs = objective.generators(
+                run["g_ab"], run["g_ba"], run["d_a"], run["d_b"], a, b, identity=step < self.h["identity_until"],
+                first_ab=lambda x: run["g_ab"](x, ma), first_ba=lambda x: run["g_ba"](x, mb), **second)
         loss_g.float().backward()
         self.opt["g"].step()
 
         # Discriminators: real vs converted, and real vs cycle-reconstructed.
         self.opt["d"].zero_grad(set_to_none=True)
-        fake_a, fake_b = fake_a.detach(), fake_b.detach()
-        cycle_a, cycle_b = cycle_a.detach(), cycle_b.detach()
+        outputs = {k: v.detach() for k, v in outputs.items()}
         with ctx.autocast():
-            loss_d = 0.5 * (
-                ((run["d_a"](a) - 1) ** 2).mean() + (run["d_a"](fake_a) ** 2).mean()
-                + ((run["d_b"](b) - 1) ** 2).mean() + (run["d_b"](fake_b) ** 2).mean()
-            )
-            loss_d2 = 0.5 * (
-                ((run["d_a2"](a) - 1) ** 2).mean() + (run["d_a2"](cycle_a) ** 2).mean()
-                + ((run["d_b2"](b) - 1) ** 2).mean() + (run["d_b2"](cycle_b) ** 2).mean()
-            )
-        (loss_d + loss_d2).float().backward()
+            loss_d, d_parts = objective.discriminators(run["d_a"], run["d_b"], a, b, outputs, **second)
+        loss_d.float().backward()
         self.opt["d"].step()
-        values = {"g_adv": adv, "g_adv2": adv2, "cycle": cycle, "identity": identity, "d": loss_d, "d2": loss_d2}
+        values = {**parts, **d_parts}
         return {k: v.detach() for k, v in values.items()}
 
     # ---------------------------------------------------------------- outputs
