@@ -1,4 +1,4 @@
-"""Pictures a person can look at: spectrograms as PNG."""
+"""Pictures a person can look at: spectrograms and image grids as PNG."""
 
 from __future__ import annotations
 
@@ -49,6 +49,33 @@ def spectrogram_png(panels, path: Path, titles=None, floor_db: float = 80.0, sca
     for im in images:
         sheet.paste(im, (0, y))
         y += im.height + 4
+    with atomic_path(Path(path)) as tmp:
+        sheet.save(tmp, format="PNG")
+    return Path(path)
+
+
+def image_grid_png(rows, path: Path, titles=None, gap: int = 4) -> Path:
+    """uint8 (H, W, 3) arrays as a grid, one list per row (e.g. input | output | target), column titles on top.
+
+    Written atomically; images of different sizes are placed top-left in their cells.
+    """
+    from PIL import Image, ImageDraw
+
+    from transmute.files import atomic_path
+
+    cell_h = max(a.shape[0] for row in rows for a in row)
+    cell_w = max(a.shape[1] for row in rows for a in row)
+    columns = max(len(row) for row in rows)
+    label_h = 14 if titles else 0
+    sheet = Image.new("RGB", (columns * (cell_w + gap) - gap, label_h + len(rows) * (cell_h + gap) - gap),
+                      (255, 255, 255))
+    if titles:
+        draw = ImageDraw.Draw(sheet)
+        for c, title in enumerate(titles):
+            draw.text((c * (cell_w + gap) + 2, 1), str(title), fill=(0, 0, 0))
+    for r, row in enumerate(rows):
+        for c, array in enumerate(row):
+            sheet.paste(Image.fromarray(array), (c * (cell_w + gap), label_h + r * (cell_h + gap)))
     with atomic_path(Path(path)) as tmp:
         sheet.save(tmp, format="PNG")
     return Path(path)

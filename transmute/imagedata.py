@@ -1,0 +1,227 @@
+"""Training data for image translation: the folder layouts users already have, and augmentation.
+
+Layouts (those of the widely used pix2pix/CycleGAN reference implementation, plus one):
+
+- aligned pairs: DATA/train/*.png, each image A and B side by side (A left);
+  DATA/val/ and DATA/test/ alike;
+- unaligned domains: DATA/trainA/ and DATA/trainB/ (testA/, testB/ for
+  evaluation); as paired data, files with the same name are one pair;
+- two plain folders (--a DIR --b DIR) whose files match by relative path.
+
+Items are read from disk in the loop's worker processes (decoding a small PNG
+takes about a millisecond), with all randomness from the generator the loop
+hands `load`: the pix2pix paper's random jitter (scale to `load_size`, crop
+`crop_size` at a random place), a horizontal flip with probability 1/2, the
+same for both images of a pair. An image smaller than the crop is padded with
+white, never a crash. Pixels come out as float32 (3, crop, crop) in [-1, 1];
+transparency is composited on white, the background of the shipped data sets.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from transmute.errors import TransmuteError
+from transmute.training import TrainingData
+
+SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
+
+
+def list_images(folder: Path) -> dict[str, Path]:
+    """{relative path without suffix: path} of the images under a folder, recursively, in sorted order."""
+    found = {}
+    for path in sorted(Path(folder).rglob("*")):
+        if path.suffix.lower() in SUFFIXES and path.is_file():
+            found[path.relative_to(folder).with_suffix("").as_posix()] = path
+    return found
+
+
+def read_rgb(path: Path):
+    """An image file as uint8 (H, W, 3), transparency composited on white; TransmuteError naming the file."""
+    import numpy as np
+    from PIL import Image, ImageOps
+
+    try:
+        with Image.open(path) as img:
+            img = ImageOps.exif_transpose(img)
+            if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+                rgba = img.convert("RGBA")
+                white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+                img = Image.alpha_composite(white, rgba)
+            return np.asarray(img.convert("RGB"))
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise TransmuteError(f"{path}: not a readable image ({' '.join(str(exc).split()) or type(exc).__name__})") \
+            from None
+
+
+@dataclass(frozen=True)
+class Pair:
+    """One training pair: two files, or one aligned file (b is None: A is its left half, B its right)."""
+
+    name: str
+    a: Path
+    b: Path | None = None
+
+
+def _describe(data: Path, split: str) -> str:
+    return (f"{data}: no {split} images found; expected {split}/ with A|B side-by-side images, "
+            f"{split}A/ and {split}B/, or --a DIR --b DIR")
+
+
+def paired_split(data: Path | None, split: str = "train", a_dir: Path | None = None,
+                 b_dir: Path | None = None) -> list[Pair]:
+    """The pairs of one split, from whichever layout `data` has (or from two plain folders)."""
+    if a_dir is not None or b_dir is not None:
+        if a_dir is None or b_dir is None:
+            raise TransmuteError("--a and --b go together: two folders whose files match by name")
+        return _matched(Path(a_dir), Path(b_dir))
+    data = Path(data)
+    if not data.is_dir():
+        raise TransmuteError(f"{data}: not a folder")
+    aligned = data / split
+    if aligned.is_dir():
+        files = list_images(aligned)
+        if files:
+            return [Pair(name, path) for name, path in files.items()]
+    if (data / f"{split}A").is_dir() and (data / f"{split}B").is_dir():
+        return _matched(data / f"{split}A", data / f"{split}B")
+    files = list_images(data) if split == "train" else {}
+    if files and not any((data / s).is_dir() for s in ("train", "trainA", "test", "testA")):
+        return [Pair(name, path) for name, path in files.items()]  # a bare folder of aligned images
+    raise TransmuteError(_describe(data, split))
+
+
+def _matched(a_dir: Path, b_dir: Path) -> list[Pair]:
+    for folder in (a_dir, b_dir):
+        if not folder.is_dir():
+            raise TransmuteError(f"{folder}: not a folder")
+    a, b = list_images(a_dir), list_images(b_dir)
+    pairs = [Pair(name, a[name], b[name]) for name in a if name in b]
+    if not pairs:
+        raise TransmuteError(f"{a_dir} and {b_dir}: no file names in common ({len(a)} and {len(b)} images); "
+                             "paired data needs the same name for both halves of a pair")
+    return pairs
+
+
+def unpaired_split(data: Path, split: str = "train") -> dict[str, list[Path]]:
+    """{'a': files, 'b': files} of DATA/{split}A and DATA/{split}B."""
+    data = Path(data)
+    out = {}
+    for key, side in (("a", "A"), ("b", "B")):
+        folder = data / f"{split}{side}"
+        files = list(list_images(folder).values()) if folder.is_dir() else []
+        if not files:
+            raise TransmuteError(f"{folder}: no images; unpaired data needs {data}/{split}A/ and {data}/{split}B/")
+        out[key] = files
+    return out
+
+
+def holdout(name: str, percent: int = 10) -> bool:
+    """Whether a name falls in the held-out share: a hash, so the split never depends on order or count."""
+    return int(hashlib.sha1(name.encode()).hexdigest(), 16) % 100 < percent
+
+
+@dataclass
+class Augment:
+    """Scale to load_size x load_size, crop crop_size at random, flip half the time; the same for all images
+    handed in one call. load_size 0 keeps the size (the crop alone then jitters)."""
+
+    crop_size: int
+    load_size: int = 0
+    flip: bool = True
+
+    def __call__(self, images: list, rng) -> list:
+        import numpy as np
+        import torch
+        from PIL import Image
+
+        out = []
+        if self.load_size:
+            images = [img if img.shape[:2] == (self.load_size,) * 2 else
+                      np.asarray(Image.fromarray(img).resize((self.load_size,) * 2, Image.BICUBIC)) for img in images]
+        h, w = images[0].shape[:2]
+        top = int(rng.integers(max(h - self.crop_size, 0) + 1))
+        left = int(rng.integers(max(w - self.crop_size, 0) + 1))
+        flip = self.flip and bool(rng.integers(2))
+        for img in images:
+            patch = img[top : top + self.crop_size, left : left + self.crop_size]
+            if patch.shape[:2] != (self.crop_size, self.crop_size):  # smaller than the crop: white around it
+                canvas = np.full((self.crop_size, self.crop_size, 3), 255, dtype=np.uint8)
+                canvas[: patch.shape[0], : patch.shape[1]] = patch
+                patch = canvas
+            if flip:
+                patch = patch[:, ::-1]
+            tensor = torch.from_numpy(np.ascontiguousarray(patch)).permute(2, 0, 1).float()
+            out.append(tensor.div_(127.5).sub_(1.0))
+        return out
+
+
+def split_aligned(img):
+    """An aligned A|B array -> (A, B), the left and right halves."""
+    half = img.shape[1] // 2
+    return img[:, :half], img[:, half : 2 * half]
+
+
+class PairedImages(TrainingData):
+    """Paired data (pix2pix): an item is {'a': input, 'b': target}, cropped and flipped alike.
+
+    direction "BtoA" swaps the halves. Items are named by their file name
+    relative to the split folder, without suffix (what --sample-weights lists).
+    """
+
+    def __init__(self, pairs: list[Pair], augment: Augment, direction: str = "AtoB"):
+        self.pairs, self.augment, self.swap = pairs, augment, direction == "BtoA"
+
+    def items(self):
+        return [p.name for p in self.pairs]
+
+    def read(self, index: int):
+        """The (input, target) arrays of one pair, before augmentation."""
+        pair = self.pairs[index]
+        if pair.b is None:
+            a, b = split_aligned(read_rgb(pair.a))
+        else:
+            a, b = read_rgb(pair.a), read_rgb(pair.b)
+            if a.shape != b.shape:
+                import numpy as np
+                from PIL import Image
+
+                b = np.asarray(Image.fromarray(b).resize((a.shape[1], a.shape[0]), Image.BICUBIC))
+        return (b, a) if self.swap else (a, b)
+
+    def load(self, index, rng):
+        a, b = self.augment(list(self.read(index)), rng)
+        return {"a": a, "b": b}
+
+
+class UnpairedImages(TrainingData):
+    """Unpaired domains (CycleGAN): each batch element is one image of A and one of B, drawn independently.
+
+    Items are named 'a/NAME' and 'b/NAME'.
+    """
+
+    def __init__(self, files: dict[str, list[Path]], augment: Augment, roots: dict[str, Path] | None = None):
+        self.files, self.augment = files, augment
+        self.names = {}
+        for key, paths in files.items():
+            root = (roots or {}).get(key)
+            self.names[key] = [f"{key}/{(p.relative_to(root) if root else Path(p.name)).with_suffix('').as_posix()}"
+                               for p in paths]
+
+    def items(self):
+        return self.names
+
+    def load(self, index, rng):
+        a = self.augment([read_rgb(self.files["a"][index["a"]])], rng)[0]
+        b = self.augment([read_rgb(self.files["b"][index["b"]])], rng)[0]
+        return {"a": a, "b": b}
+
+
+def to_uint8(batch):
+    """(n, 3, H, W) in [-1, 1] -> uint8 (n, H, W, 3) numpy."""
+    import torch
+
+    return batch.detach().float().cpu().clamp(-1, 1).add(1).mul(127.5).round().to(torch.uint8).permute(0, 2, 3, 1) \
+        .numpy()
