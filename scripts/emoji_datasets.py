@@ -115,6 +115,12 @@ def is_blank(img: Image.Image, threshold: int = 250) -> bool:
     return on_white(img).convert("L").getextrema()[0] >= threshold
 
 
+def _umask_mode() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def atomic_save(img: Image.Image, path: Path) -> None:
     """Write `img` as PNG under a temporary name in the same folder, then rename."""
     path = Path(path)
@@ -123,6 +129,7 @@ def atomic_save(img: Image.Image, path: Path) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             img.save(f, format="PNG", optimize=True)
+        os.chmod(tmp, _umask_mode())  # mkstemp makes 0600; give it a normal file's mode
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -138,6 +145,7 @@ def atomic_write_text(text: str, path: Path) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-", suffix=".part")
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         f.write(text)
+    os.chmod(tmp, _umask_mode())
     os.replace(tmp, path)
 
 
