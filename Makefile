@@ -14,7 +14,7 @@ SYSTEM_PACKAGES := festival festvox-kallpc16k festvox-us-slt-hts
 # The built-in converter's name (DEFAULT_MODEL in plugins/transmute_cyclegan_vc/__init__.py).
 BUILTIN_MODEL := kal-slt
 
-.PHONY: venv system-packages demo test test-fast bench corpus model clean
+.PHONY: venv system-packages demo test test-fast bench corpus images-data model clean
 
 venv: $(STAMP)
 
@@ -54,6 +54,12 @@ test-fast: $(STAMP)
 # The two-speaker corpus the built-in converter is trained on (data/festival/).
 corpus: system-packages
 	$(PYTHON) scripts/festival_corpus.py data/festival
+
+# Two image-translation sets from emoji npm packages (data/openmoji/, data/emoji-google-twitter/);
+# needs npm, and cairosvg (the data extra) for OpenMoji's SVGs.
+images-data: $(STAMP)
+	$(BIN)/python -c 'import cairosvg' 2>/dev/null || $(BIN)/python -m pip install --quiet cairosvg
+	$(BIN)/python scripts/emoji_datasets.py data
 
 # Reproduces the built-in kal -> slt converter (about an hour on 2 CPU cores).
 model: $(STAMP) corpus
