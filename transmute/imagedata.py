@@ -153,7 +153,7 @@ class Augment:
                 patch = canvas
             if flip:
                 patch = patch[:, ::-1]
-            tensor = torch.from_numpy(np.ascontiguousarray(patch)).permute(2, 0, 1).float()
+            tensor = torch.from_numpy(np.array(patch)).permute(2, 0, 1).float()  # a writable copy
             out.append(tensor.div_(127.5).sub_(1.0))
         return out
 
