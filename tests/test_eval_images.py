@@ -111,6 +111,17 @@ def test_identical_folders_read_as_capped_psnr(tmp_path, cheap_features):
     assert table_row(result.output, "SSIM")[2] == "1.0000" and table_row(result.output, "L1")[2] == "0.0000"
 
 
+def test_size_compares_smaller_and_resizes_nothing_of_the_same_size(tmp_path, cheap_features):
+    pred, target, inputs = noisy_set(tmp_path, count=3)
+    full = invoke("--pred", pred, "--target", target, "--input", inputs, "--no-fd")
+    small = invoke("--pred", pred, "--target", target, "--input", inputs, "--no-fd", "--size", 16)
+    assert full.exit_code == small.exit_code == 0, small.output
+    assert "resized" not in small.stderr  # every image shrinks with its target: not a size mismatch
+    # Averaging 2x2 blocks removes much of the noise: the figures move, the verdicts stay.
+    assert float(table_row(small.output, "PSNR")[3]) > float(table_row(full.output, "PSNR")[3]) + 1
+    assert table_row(small.output, "PSNR")[-1] == "model"
+
+
 @pytest.mark.parametrize("case", ["missing", "empty", "no-pairs"])
 def test_bad_folders_are_one_line_and_exit_1(tmp_path, case):
     pred, target, _ = noisy_set(tmp_path, count=2)

@@ -97,7 +97,8 @@ def images_by_relative_path(folder: Path, role: str) -> tuple[dict[str, Path], l
     for item in found:
         name = item.relative.with_suffix("").as_posix()
         if name in by_name:
-            notes.append(f"{item.path}: {by_name[name].name} has the same name; {by_name[name].name} is used")
+            notes.append(f"{item.path}: left out, {by_name[name].name} beside it has the same name "
+                         "(extension aside) and is used")
             continue
         by_name[name] = item.path
     if not by_name:
@@ -182,6 +183,7 @@ class Report:
     resized: dict[str, int] = field(default_factory=dict)
     fd: float | None = None
     fd_baseline: float | None = None
+    fd_skipped: bool = False
     pairs: list[Pair] = field(default_factory=list)
 
     def mean(self, key: str) -> float | None:
@@ -199,7 +201,8 @@ class Report:
         lines = []
         for key, label, _, better in METRICS:
             lines.append((label, self.mean(key), self.mean(f"{key}_baseline"), better))
-        lines.append((FD_NAME, self.fd, self.fd_baseline, "lower"))
+        if not self.fd_skipped:
+            lines.append((FD_NAME, self.fd, self.fd_baseline, "lower"))
         return lines
 
     def text(self) -> str:
@@ -226,7 +229,9 @@ class Report:
                                         for i, (cell, w) in enumerate(zip(row, widths))).rstrip())
         out.append(f"  ↑ higher is better, ↓ lower is better; PSNR is capped at {PSNR_CAP_DB:g} dB "
                    "(identical images)")
-        if self.fd is not None and n < FD_RELIABLE_COUNT:
+        if self.fd is None and not self.fd_skipped:
+            out.append(f"  note: {FD_NAME} needs at least 2 images")
+        elif self.fd is not None and n < FD_RELIABLE_COUNT:
             out.append(f"  note: {FD_NAME} from {n} images is biased upward (below ~{FD_RELIABLE_COUNT} images); "
                        "compare it only between evaluations with the same number of images")
         return "\n".join(out)
@@ -255,7 +260,7 @@ def evaluate(pairs: list[Pair], size: int | None = None, embed=None, fd: bool = 
     from transmute_image import features as feats
 
     embed = embed or feats.features
-    report = Report(pred="", target="", input=None)
+    report = Report(pred="", target="", input=None, fd_skipped=not fd)
     resized = {"prediction": 0, "input": 0}
     chunks: dict[str, list] = {"prediction": [], "target": [], "input": []}
     found: dict[str, list] = {"prediction": [], "target": [], "input": []}
@@ -284,9 +289,10 @@ def evaluate(pairs: list[Pair], size: int | None = None, embed=None, fd: bool = 
                 break
         if failed:
             continue
-        size_hw = _compare_size(images["target"].shape[-2:], size)
+        target_hw = tuple(images["target"].shape[-2:])
+        size_hw = _compare_size(target_hw, size)
         for role in images:
-            if role != "target" and tuple(images[role].shape[-2:]) != tuple(images["target"].shape[-2:]):
+            if role != "target" and tuple(images[role].shape[-2:]) != target_hw:
                 resized[role] += 1
             images[role] = _to_size(images[role], size_hw)
         arrays = {role: _eight_bit(image) for role, image in images.items()}
@@ -444,27 +450,27 @@ _DEFAULT_SHEET = "\0default"  # what a bare --sheet gives: not a name a user can
 
 
 @click.command("images")
-@click.option("--pred", type=click.Path(file_okay=False, path_type=Path), default=None,
+@click.option("--pred", metavar="DIR", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Predicted images. With --model: where the translations go (default: a temporary folder); "
                    "ones already there are reused.")
-@click.option("--target", type=click.Path(path_type=Path), default=None,
+@click.option("--target", metavar="DIR", type=click.Path(path_type=Path), default=None,
               help="Ground-truth images, at the same relative paths as the predictions (extension aside).")
-@click.option("--input", "inputs", type=click.Path(path_type=Path), default=None,
+@click.option("--input", "inputs", metavar="DIR", type=click.Path(path_type=Path), default=None,
               help="The inputs the predictions were made from: adds the identity baseline beside every figure.")
-@click.option("--model", default=None, help="Translate a test split with this model (name or checkpoint) first.")
-@click.option("--data", type=click.Path(path_type=Path), default=None,
+@click.option("--model", metavar="NAME|CKPT", default=None, help="Translate a test split with this model (name or checkpoint) first.")
+@click.option("--data", metavar="SPLIT", type=click.Path(path_type=Path), default=None,
               help="With --model: the test split, an aligned folder (each file A|B side by side) or the parent "
                    "of testA/ and testB/.")
 @click.option("--direction", type=click.Choice(["AtoB", "BtoA"]), default="AtoB", show_default=True,
               help="With --model: which side is the input.")
 @click.option("--sheet", metavar="FILE.png", default=None, is_flag=False, flag_value=_DEFAULT_SHEET, help="Write a contact sheet PNG of the 4 worst and 4 best images by PSNR "
                                         "(bare --sheet: PRED-sheet.png beside the predictions folder).")
-@click.option("--csv", "csv_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+@click.option("--csv", "csv_path", metavar="FILE.csv", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write one row per image (name, psnr, ssim, l1 and their baseline values).")
-@click.option("--size", type=click.IntRange(min=8), default=None,
+@click.option("--size", metavar="N", type=click.IntRange(min=8), default=None,
               help="Compare at this size (the target's longer side scaled to N) instead of the target's own.")
-@click.option("--no-fd", "no_fd", is_flag=True, help=f"Skip {FD_NAME} (it needs a few seconds of CPU per "
-                                                      "hundred images).")
+@click.option("--no-fd", "no_fd", is_flag=True, help=f"Skip {FD_NAME}: an ImageNet network over every image, "
+                                                      "then two 1280x1280 matrix square roots (seconds).")
 def eval_images_command(pred, target, inputs, model, data, direction, sheet, csv_path, size, no_fd):
     """Measure translated images against their ground truth: PSNR, SSIM, L1, FD-EfficientNet-Lite0.
 
