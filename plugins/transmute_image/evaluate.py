@@ -240,11 +240,7 @@ class Report:
 def _number(label: str, value: float | None) -> str:
     if value is None:
         return "-"
-    if label == "L1":
-        return f"{value:.4f}"
-    if label == "SSIM":
-        return f"{value:.4f}"
-    return f"{value:.2f}"
+    return f"{value:.4f}" if label in ("L1", "SSIM") else f"{value:.2f}"
 
 
 def evaluate(pairs: list[Pair], size: int | None = None, embed=None, fd: bool = True,
@@ -259,6 +255,8 @@ def evaluate(pairs: list[Pair], size: int | None = None, embed=None, fd: bool = 
 
     from transmute_image import features as feats
 
+    if fd and embed is None:
+        feats.weights_path()  # a missing weights package is said before any image is read, not after
     embed = embed or feats.features
     report = Report(pred="", target="", input=None, fd_skipped=not fd)
     resized = {"prediction": 0, "input": 0}
