@@ -219,6 +219,11 @@ class UnpairedImages(TrainingData):
         return {"a": a, "b": b}
 
 
+def spread(count: int, wanted: int) -> list[int]:
+    """Up to `wanted` indices spread evenly over range(count): which items a sample grid shows."""
+    return sorted({i * count // wanted for i in range(min(count, wanted))})
+
+
 def to_uint8(batch):
     """(n, 3, H, W) in [-1, 1] -> uint8 (n, H, W, 3) numpy."""
     import torch
