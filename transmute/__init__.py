@@ -31,6 +31,7 @@ PLUGIN_API_MODULES = (
     "transmute.training",  # the training loop a model family plugs into
     "transmute.pipeline",  # building pipelines from files or dicts
     "transmute.viz",  # spectrogram PNGs for training samples
+    "transmute.imaging",  # apply_image_network: an image-to-image network over Images of any size and mode
     "transmute.cli",  # RunPrinter, workers_option, tf32_option: a command that runs a pipeline shows it as `run` does
 )
 
