@@ -151,3 +151,44 @@ def test_the_tile_windows_sum_to_one():
         for span in _spans(length, tile, overlap):
             total[span.slice] += span.weights("cpu")
         torch.testing.assert_close(total, torch.ones(length), atol=1e-6, rtol=0)
+
+
+# --------------------------------------------------------------------------- torchrun
+
+
+@pytest.mark.slow  # three interpreters importing torch, twice
+def test_torchrun_ranks_share_the_inputs_and_rank_0_sums_them_up(tmp_path, run_python):
+    import os
+    import sys
+
+    from PIL import Image
+
+    source = tmp_path / "in"
+    (source / "sub").mkdir(parents=True)
+    for i in range(10):
+        folder = source / "sub" if i % 3 == 0 else source
+        Image.fromarray(np.full((4 + i, 5, 3), 20 * i, np.uint8)).save(folder / f"im{i}.png")
+    (source / "bad.png").write_text("not an image")
+    pipeline = tmp_path / "copy.toml"
+    pipeline.write_text('[pipeline]\ndevice = "cpu"\nbatch_size = 2\n[[stage]]\nuse = "images.load"\n'
+                        '[[stage]]\nuse = "images.save"\n')
+    out = tmp_path / "out"
+    command = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "transmute", "run",
+               pipeline, source, "-o", out]
+    path = [p for p in sys.path if p]  # the venv's plugins and transmute, as the test process sees them
+    env = {"OMP_NUM_THREADS": "1", "PATH": os.environ.get("PATH", "")}
+    first = run_python(command, path, env)
+    again = run_python(command, path, env)
+    written = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
+    assert written == sorted([f"sub/im{i}.png" if i % 3 == 0 else f"im{i}.png" for i in range(10)])
+    for i in range(10):  # each file is its own input's, not another's
+        found = Image.open(out / ("sub" if i % 3 == 0 else "") / f"im{i}.png")
+        assert found.size == (5, 4 + i) and found.getpixel((0, 0)) == (20 * i,) * 3
+    for result, summary in ((first, "copy: 10 written, 0 skipped (already there), 1 failed"),
+                            (again, "copy: 0 written, 10 skipped (already there), 1 failed")):
+        lines = result.stderr.splitlines()
+        assert result.returncode == 1, result.stderr  # rank 0's status: an input failed
+        assert [line for line in lines if line.startswith("copy: ")] == [
+            f"{summary} -> {out} (2 processes, device cpu)"], result.stderr
+        assert [line for line in lines if line.startswith("FAILED")] == [
+            f"FAILED {source / 'bad.png'}: not a readable image (cannot identify image file)"]
