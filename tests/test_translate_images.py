@@ -192,3 +192,160 @@ def test_torchrun_ranks_share_the_inputs_and_rank_0_sums_them_up(tmp_path, run_p
             f"{summary} -> {out} (2 processes, device cpu)"], result.stderr
         assert [line for line in lines if line.startswith("FAILED")] == [
             f"FAILED {source / 'bad.png'}: not a readable image (cannot identify image file)"]
+
+
+# --------------------------------------------------------------------------- translate-images
+
+import types  # noqa: E402
+
+from click.testing import CliRunner  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from transmute.cli import cli  # noqa: E402
+from transmute.errors import PipelineError  # noqa: E402
+from transmute.stages import Param, Stage  # noqa: E402
+
+
+def _family(name: str, with_direction: bool, tmp_path):
+    """A plugin module like pix2pix's or cyclegan's: a NAME.translate stage and a built-in NAME-model."""
+    from transmute.checkpoint import Checkpoint, read_metadata, resolve_model, save_checkpoint
+    from transmute.hookspecs import hookimpl
+
+    class Translate(Stage):
+        """Negates in the network's [-1, 1] (AtoB) or halves (BtoA); needs a checkpoint of its family."""
+
+        consumes = Images
+        produces = Images
+        params = {"model": Param(str, f"{name}-model", "checkpoint or model name"),
+                  "tile": Param(int, 0, "tile size", min=0)}
+        if with_direction:
+            params["direction"] = Param(str, "AtoB", "AtoB or BtoA", choices=("AtoB", "BtoA"))
+
+        def check(self, incoming):
+            if incoming.value_range != (-1.0, 1.0):
+                raise PipelineError("needs value_range [-1, 1]")
+            return ImageSpec("RGBA" if incoming.mode in ("LA", "RGBA") else "RGB", incoming.value_range)
+
+        def setup(self, device):
+            super().setup(device)
+            assert read_metadata(resolve_model(self.model))["plugin"] == name
+            self.net = half if getattr(self, "direction", "AtoB") == "BtoA" else (lambda x: -x)
+
+        def process(self, signal):
+            return apply_image_network(signal, self.net, multiple=4, tile=self.tile, overlap=4)
+
+    Translate.name = f"{name}.translate"
+    checkpoint = save_checkpoint(tmp_path / f"{name}.safetensors", Checkpoint(
+        {"w": torch.zeros(1)}, plugin=name, model="generator", version="1.0"))
+    module = types.ModuleType(f"transmute_{name}")
+    module.register_stages = hookimpl(lambda register: register(Translate))
+    module.register_models = hookimpl(lambda register: register(f"{name}-model", checkpoint, "a test model"))
+    return module
+
+
+@pytest.fixture
+def families(tmp_path):
+    """Two test families installed beside the built-in plugins: testcg (two directions), testp2p (one)."""
+    from transmute.plugins import Manager, reset_manager
+
+    manager = Manager(only={"images", "pipelines", "testcg", "testp2p"})
+    manager.add(_family("testcg", True, tmp_path), "testcg")
+    manager.add(_family("testp2p", False, tmp_path), "testp2p")
+    manager.load_entry_points()
+    reset_manager(manager)
+    yield manager
+    reset_manager()
+
+
+def translate(*args):
+    result = CliRunner().invoke(cli, ["translate-images", *map(str, args)])
+    assert "Traceback" not in result.output, result.output
+    return result
+
+
+def rgba_noise(h, w, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, (h, w, 4), dtype=np.uint8)
+
+
+def test_the_shipped_pipeline_carries_alpha_in_the_generators_range():
+    from transmute.pipeline import read_pipeline
+
+    doc, path = read_pipeline("image-translation")
+    load, step, save = doc["stage"]
+    assert path.name == "image-translation.toml"
+    assert (load["use"], load["mode"], load["value_range"]) == ("images.load", "RGBA", [-1, 1])
+    assert (step["use"], step["name"], step["model"]) == ("pix2pix.translate", "translate", "openmoji-color")
+    assert (save["use"], save["format"]) == ("images.save", "png")
+
+
+def test_translate_images_mirrors_folders_keeps_alpha_and_resumes(tmp_path, families):
+    source = tmp_path / "in"
+    (source / "sub").mkdir(parents=True)
+    rgba = rgba_noise(9, 13)
+    Image.fromarray(rgba).save(source / "a.png")
+    gray = np.random.default_rng(1).integers(0, 256, (6, 5), dtype=np.uint8)
+    Image.fromarray(gray).save(source / "sub" / "b.png")
+    Image.fromarray(rgba[..., :3]).save(source / "sub" / "c.jpg", quality=95)
+    (source / "broken.png").write_bytes(b"\x89PNG not really")
+    out = tmp_path / "out"
+
+    first = translate("--model", "testp2p-model", source, "-o", out, "-q")
+    assert first.exit_code == 1, first.output  # the broken file fails; the others are written
+    lines = first.output.splitlines()
+    assert [line for line in lines if line.startswith("FAILED")] == [
+        f"FAILED {source / 'broken.png'}: not a readable image (cannot identify image file)"]
+    assert lines[-1].startswith("image-translation: 3 written, 0 skipped (already there), 1 failed")
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*")) == ["a.png", "sub", "sub/b.png",
+                                                                              "sub/c.png"]
+    a = np.asarray(Image.open(out / "a.png"))
+    assert Image.open(out / "a.png").mode == "RGBA" and np.array_equal(a[..., 3], rgba[..., 3])
+    opaque = rgba[..., 3] == 255
+    composited = (rgba[..., :3] * (rgba[..., 3:] / 255) + 255 * (1 - rgba[..., 3:] / 255))
+    assert np.abs(a[..., :3].astype(float) - (255 - composited)).max() <= 1  # on white, then negated
+    assert np.array_equal(a[opaque][:, :3], 255 - rgba[opaque][:, :3])
+    # Grayscale in, colour out. The pipeline loads everything as RGBA to carry alpha where there is
+    # some, so an opaque image comes out RGBA too, fully opaque.
+    b = Image.open(out / "sub" / "b.png")
+    assert b.mode == "RGBA" and b.size == (5, 6)
+    assert np.array_equal(np.asarray(b)[..., :3], np.repeat(255 - gray[..., None], 3, axis=-1))
+    assert np.all(np.asarray(b)[..., 3] == 255)
+
+    (out / "sub" / "b.png").unlink()  # as if the run had been stopped before it
+    again = translate("--model", "testp2p-model", source, "-o", out, "-q")
+    assert again.output.splitlines()[-1].startswith(
+        "image-translation: 1 written, 2 skipped (already there), 1 failed")
+    forced = translate("--model", "testp2p-model", "--overwrite", source / "a.png", "-o", out, "-q")
+    assert forced.exit_code == 0 and forced.output.splitlines()[-1].startswith(
+        "image-translation: 1 written, 0 skipped (already there), 0 failed")
+
+
+def test_the_models_family_chooses_the_stage_and_its_direction(tmp_path, families):
+    Image.fromarray(rgba_noise(8, 8)[..., :3]).save(tmp_path / "x.png")
+    pixels = np.asarray(Image.open(tmp_path / "x.png")).astype(float)
+    checkpoint = tmp_path / "testcg.safetensors"  # by path: its metadata names the family
+    for direction, expected in (("AtoB", 255 - pixels), ("BtoA", 0.5 * pixels + 63.75)):
+        out = tmp_path / direction
+        result = translate("--model", checkpoint, "--direction", direction, tmp_path / "x.png", "-o", out)
+        assert result.exit_code == 0, result.output
+        assert np.abs(np.asarray(Image.open(out / "x.png"))[..., :3].astype(float) - expected).max() <= 0.5
+
+    one_way = translate("--model", "testp2p-model", "--direction", "BtoA", tmp_path / "x.png", "-o", tmp_path / "o")
+    assert one_way.exit_code == 1 and one_way.output.count("\n") == 1
+    assert "Error: --direction BtoA: model testp2p-model is a testp2p model, which translates one way only" \
+        in one_way.output
+    assert translate("--model", "testp2p-model", "--direction", "AtoB", tmp_path / "x.png", "-o",
+                     tmp_path / "o").exit_code == 0
+
+    unknown = translate("--model", "no-such", tmp_path / "x.png", "-o", tmp_path / "o")
+    assert unknown.exit_code == 1 and unknown.output == (
+        "Error: model 'no-such': no such checkpoint file, and no installed plugin ships a model of that name "
+        "(built-in models: testcg-model, testp2p-model)\n")
+
+
+def test_tiles_from_the_command_line_give_the_same_pixels(tmp_path, families):
+    Image.fromarray(rgba_noise(37, 51)).save(tmp_path / "big.png")
+    for tile in ("0", "16"):
+        result = translate("--model", "testcg-model", "--tile", tile, tmp_path / "big.png", "-o", tmp_path / tile)
+        assert result.exit_code == 0, result.output
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "0" / "big.png")),
+                          np.asarray(Image.open(tmp_path / "16" / "big.png")))
