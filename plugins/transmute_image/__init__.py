@@ -1,5 +1,5 @@
 """Built-in image plugin: load any Pillow-readable file, fit to a multiple of N, save PNG/JPEG/WebP;
-`transmute eval images`."""
+`transmute translate-images` and `transmute eval images`."""
 
 from transmute.hookspecs import hookimpl
 
@@ -17,3 +17,10 @@ def register_evaluators(register):
     from transmute_image.evaluate import eval_images_command
 
     register(eval_images_command)
+
+
+@hookimpl
+def register_commands(cli):
+    from transmute_image.commands import translate_images_command
+
+    cli.add_command(translate_images_command)
