@@ -244,6 +244,8 @@ class SaveImages(Stage):
         "quality": Param(int, 95, "JPEG/WebP quality, 1 (smallest) to 100 (best); PNG is lossless", min=1, max=100),
         "restore_size": Param(bool, True, "scale an image a stage resized back to its size when loaded"),
         "bit_depth": Param(int, 8, "bits per channel; 16 only for single-channel (L) PNG", choices=(8, 16)),
+        "alpha": Param(str, "auto", "'auto' writes an alpha channel only where an image has a pixel that is not "
+                       "fully opaque; 'keep' always writes the alpha it has", choices=("auto", "keep")),
     }
 
     def __init__(self, label=None, **values):
@@ -277,6 +279,8 @@ class SaveImages(Stage):
         # exact in float32, and float64 copies cost more memory than the image.
         low, high = item.spec.value_range
         unit = data[0].sub(low).div_(high - low).clamp_(0, 1)
+        if self.alpha == "auto" and channels in (2, 4) and bool((unit[-1] >= 1 - 0.5 / 255).all()):
+            unit, channels = unit[:-1], channels - 1  # opaque throughout: the alpha says nothing
         if self.format == "jpeg" and channels in (2, 4):  # JPEG has no alpha: composite on white
             alpha = unit[-1:]
             unit = unit[:-1].mul_(alpha).add_(1.0).sub_(alpha)
