@@ -204,3 +204,65 @@ def test_training_options_are_checked_before_reading_data(image_data, tmp_path):
     assert result.exit_code != 0 and "--data DIR" in result.output
     result = invoke("train", "cyclegan", "--data", image_data / "trainA", "--out", tmp_path / "r3", "--preset", "tiny")
     assert result.exit_code != 0 and "unpaired data needs" in result.output
+
+
+# ---------------------------------------------------------------- translation with the trained generators
+
+def _stage(cls, **params):
+    stage = cls(**params)
+    stage.setup("cpu")
+    return stage
+
+
+def _images(*sizes, seed=0):
+    from transmute.signals import Images, ImageSpec
+
+    g = torch.Generator().manual_seed(seed)
+    spec = ImageSpec("RGB", (-1.0, 1.0))
+    return [Images(torch.rand(1, 3, h, w, generator=g) * 2 - 1, spec, [f"im{i}"]) for i, (h, w) in enumerate(sizes)]
+
+
+@pytest.mark.parametrize("family", ["pix2pix", "cyclegan"])
+def test_a_translation_does_not_depend_on_the_batch(family, pix2pix_model, cyclegan_model):
+    from transmute.signals import Images
+
+    if family == "pix2pix":
+        from transmute_pix2pix.stages import Translate
+
+        stage = _stage(Translate, model=str(pix2pix_model))
+    else:
+        from transmute_cyclegan.stages import Translate
+
+        stage = _stage(Translate, model=str(cyclegan_model), direction="BtoA")
+    items = _images((45, 70), (32, 32), (100, 20))
+    together = stage.process(Images.collate(items)).items()
+    for alone, item in zip(items, together):
+        out = stage.process(alone)
+        h, w = alone.sizes[0]
+        assert item.sizes == alone.sizes
+        torch.testing.assert_close(item.data[..., :h, :w], out.data[..., :h, :w], atol=1e-5, rtol=0)
+
+
+def test_translate_images_runs_either_family_and_either_direction(pix2pix_model, cyclegan_model, tmp_path):
+    source = tmp_path / "in"
+    source.mkdir()
+    a, _ = shape_pair(7, 40)
+    Image.fromarray(a[:, :37]).save(source / "odd.png")  # 40x37: no multiple of anything
+    outputs = {}
+    for name, extra in (("p2p", ("--model", pix2pix_model)), ("ab", ("--model", cyclegan_model)),
+                        ("ba", ("--model", cyclegan_model, "--direction", "BtoA"))):
+        result = invoke("translate-images", *extra, source, "-o", tmp_path / name, "-q")
+        assert result.exit_code == 0, result.output
+        image = Image.open(tmp_path / name / "odd.png")
+        assert image.size == (37, 40) and image.mode == "RGB"
+        outputs[name] = np.asarray(image)
+    assert not np.array_equal(outputs["ab"], outputs["ba"])  # two generators, not one
+    result = invoke("translate-images", "--model", pix2pix_model, "--direction", "BtoA", source, "-o", tmp_path / "x")
+    assert result.exit_code != 0 and "BtoA" in result.output and len(result.output.strip().splitlines()) == 1
+
+
+def test_a_checkpoint_of_the_other_family_is_one_line(pix2pix_model, cyclegan_model, tmp_path):
+    from transmute_pix2pix.stages import Translate
+
+    with pytest.raises(TransmuteError, match="cyclegan"):
+        _stage(Translate, model=str(cyclegan_model))
