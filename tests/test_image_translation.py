@@ -266,3 +266,10 @@ def test_a_checkpoint_of_the_other_family_is_one_line(pix2pix_model, cyclegan_mo
 
     with pytest.raises(TransmuteError, match="cyclegan"):
         _stage(Translate, model=str(cyclegan_model))
+
+
+def test_eval_images_translates_a_test_split_with_either_family(pix2pix_model, cyclegan_model, image_data):
+    for model, extra in ((pix2pix_model, ()), (cyclegan_model, ("--direction", "BtoA"))):
+        result = invoke("eval", "images", "--model", model, "--data", image_data, *extra, "--no-fd")
+        assert result.exit_code == 0, result.output
+        assert "3 images" in result.output and "identity baseline" in result.output

@@ -35,8 +35,6 @@ FD_NAME = "FD-EfficientNet-Lite0"
 # 1280-d features is estimated from too few samples).
 FD_RELIABLE_COUNT = 2000
 SHEET_CELL = 160  # height in pixels of each image on the contact sheet
-# The stage of the `image-translation` pipeline that holds the model and the direction.
-TRANSLATE_STAGE = "translate"
 TRANSLATION_PIPELINE = "image-translation"
 
 
@@ -434,9 +432,10 @@ def split_test_set(split: Path, direction: str, scratch: Path) -> tuple[Path, Pa
 def translate(model: str, inputs: Path, out: Path, direction: str) -> list[str]:
     """Translate `inputs` into `out` with the image-translation pipeline; one line per file that failed."""
     from transmute import run
+    from transmute_image.commands import translation_pipeline
 
-    overrides = [(TRANSLATE_STAGE, "model", model), (TRANSLATE_STAGE, "direction", direction)]
-    result = run(TRANSLATION_PIPELINE, [inputs], out, overrides=overrides)
+    # The model's family (its checkpoint says which) chooses the translate stage, as in translate-images.
+    result = run(translation_pipeline(model, direction), [inputs], out)
     if result.interrupted:
         raise click.Abort()
     return [f"{o.job.label}: {o.reason}; not translated" for o in result.failed]
