@@ -132,6 +132,10 @@ class Augment:
     load_size: int = 0
     flip: bool = True
 
+    def centred(self, images: list) -> list:
+        """The same crop every time: the middle, unflipped (what sample grids show)."""
+        return Augment(self.crop_size, self.load_size, flip=False)(images, _Middle())
+
     def __call__(self, images: list, rng) -> list:
         import numpy as np
         import torch
@@ -156,6 +160,13 @@ class Augment:
             tensor = torch.from_numpy(np.array(patch)).permute(2, 0, 1).float()  # a writable copy
             out.append(tensor.div_(127.5).sub_(1.0))
         return out
+
+
+class _Middle:
+    """Stands in for a numpy Generator: every draw is the middle of its range."""
+
+    def integers(self, high):
+        return (high - 1) // 2
 
 
 def split_aligned(img):

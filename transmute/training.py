@@ -760,6 +760,12 @@ def training_options(func):
     return func
 
 
+def require_hparam(ok: bool, message: str) -> None:
+    """A family's check of its settings: a one-line error "--hparam MESSAGE" when `ok` is false."""
+    if not ok:
+        raise TransmuteError(f"--hparam {message}")
+
+
 def parse_hparams(items, preset: dict) -> dict:
     """KEY=VALUE strings (TOML literals) checked against a preset's keys and types; one-line click errors."""
     import click

@@ -9,9 +9,9 @@ import torch
 from transmute.checkpoint import Checkpoint
 from transmute.errors import TransmuteError
 from transmute.gan import CycleObjective, HistoryBuffer, PatchDiscriminator, init_weights, linear_decay, patch_layers
-from transmute.imagedata import Augment, UnpairedImages, spread
+from transmute.imagedata import Augment, UnpairedImages, read_rgb, spread
 from transmute.signals import ImageSpec
-from transmute.training import Context, Task
+from transmute.training import Context, Task, require_hparam
 
 from transmute_cyclegan.networks import PRESETS, ResnetGenerator, blocks_for, count_parameters
 
@@ -23,10 +23,7 @@ SAMPLES = 3  # images of each domain in a sample grid
 
 
 def validate_hparams(h: dict) -> None:
-    def need(ok: bool, message: str) -> None:
-        if not ok:
-            raise TransmuteError(f"--hparam {message}")
-
+    need = require_hparam
     for key in ("width", "disc_width", "steps", "batch_size", "crop_size"):
         need(isinstance(h[key], int) and h[key] >= 1, f"{key} must be a whole number of at least 1, got {h[key]!r}")
     need(h["crop_size"] % 4 == 0 and h["crop_size"] >= 16,
@@ -85,15 +82,8 @@ class CycleGANTask(Task):
         decay = linear_decay(h["steps"], h["decay_from"])
         self.sched = {name: torch.optim.lr_scheduler.LambdaLR(opt, decay) for name, opt in self.opt.items()}
         self.objective = CycleObjective(h["lambda_cycle"], h["lambda_identity"] * h["lambda_cycle"], "lsgan")
-        centre = Augment(crop, crop, flip=False)
-        from transmute.imagedata import read_rgb
-
-        class _Middle:
-            def integers(self, high):
-                return (high - 1) // 2
-
         # Samples: the same few images every time, spread over the data set, centre-cropped, unflipped.
-        self.sample_images = {key: torch.stack([centre([read_rgb(paths[i])], _Middle())[0]
+        self.sample_images = {key: torch.stack([Augment(crop, crop).centred([read_rgb(paths[i])])[0]
                                                 for i in spread(len(paths), SAMPLES)])
                               for key, paths in self.files.items()}
 

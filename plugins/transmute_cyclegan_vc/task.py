@@ -11,7 +11,7 @@ from transmute.checkpoint import Checkpoint
 from transmute.errors import TransmuteError
 from transmute.gan import CycleObjective, linear_decay
 from transmute.signals import FeatureSpec, Normalization
-from transmute.training import Context, Task, TrainingData
+from transmute.training import Context, Task, TrainingData, require_hparam
 
 from transmute_cyclegan_vc.networks import PRESETS, Discriminator, Generator
 
@@ -29,10 +29,7 @@ MIN_FRAMES = 256  # a speaker needs a few seconds of speech for its statistics t
 
 def validate_hparams(h: dict) -> None:
     """One-line errors for settings the networks or the sampler cannot work with."""
-    def need(ok: bool, message: str) -> None:
-        if not ok:
-            raise TransmuteError(f"--hparam {message}")
-
+    need = require_hparam
     for key in ("gen_channels", "res_channels", "res_blocks", "disc_channels", "steps", "batch_size"):
         need(isinstance(h[key], int) and h[key] >= 1, f"{key} must be a whole number of at least 1, got {h[key]!r}")
     need(h["gen_channels"] % 2 == 0, f"gen_channels must be even (the last block halves it), got {h['gen_channels']}")

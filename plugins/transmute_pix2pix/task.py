@@ -12,7 +12,7 @@ from transmute.gan import PatchDiscriminator, adversarial_loss, discriminator_lo
     patch_layers
 from transmute.imagedata import Augment, Pair, PairedImages, spread
 from transmute.signals import ImageSpec
-from transmute.training import Context, Task
+from transmute.training import Context, Task, require_hparam
 
 from transmute_pix2pix.networks import PRESETS, UNet, count_parameters, depth_for
 
@@ -24,10 +24,7 @@ SAMPLES = 4  # pairs shown in each sample grid
 
 
 def validate_hparams(h: dict) -> None:
-    def need(ok: bool, message: str) -> None:
-        if not ok:
-            raise TransmuteError(f"--hparam {message}")
-
+    need = require_hparam
     for key in ("width", "disc_width", "steps", "batch_size", "crop_size"):
         need(isinstance(h[key], int) and h[key] >= 1, f"{key} must be a whole number of at least 1, got {h[key]!r}")
     need(h["crop_size"] >= 8 and h["crop_size"] & (h["crop_size"] - 1) == 0,
@@ -73,11 +70,8 @@ class Pix2PixTask(Task):
         self.sched = {name: torch.optim.lr_scheduler.LambdaLR(opt, decay) for name, opt in self.opt.items()}
         # Samples: the same few pairs every time, spread over the data set, centre-cropped, unflipped.
         data = self.data()
-        augment = Augment(h["crop_size"], h["crop_size"], flip=False)
-        self.sample_pairs = []
-        for i in spread(len(self.pairs), SAMPLES):
-            a, b = augment(list(data.read(i)), _Centre())
-            self.sample_pairs.append((a, b))
+        self.sample_pairs = [tuple(Augment(h["crop_size"], h["crop_size"]).centred(list(data.read(i))))
+                             for i in spread(len(self.pairs), SAMPLES)]
 
     def modules(self):
         return self.nets
@@ -148,9 +142,3 @@ class Pix2PixTask(Task):
         return (f"generator {count_parameters(self.nets['g']) / 1e6:.2f}M parameters (depth {self.depth}), "
                 f"discriminator {count_parameters(self.nets['d']) / 1e6:.2f}M")
 
-
-class _Centre:
-    """A stand-in generator for Augment that always picks the middle: sample grids show the same crop."""
-
-    def integers(self, high):
-        return (high - 1) // 2 if high > 1 else 0
