@@ -22,9 +22,11 @@ PRESETS = {
         "checkpoint_every": 2000, "sample_every": 5000,
     },
     # Half the width at 128 px: learns a recognisable translation on 2 CPU cores in about an hour.
+    # Least squares: with the cross-entropy loss this narrow discriminator overpowered the generator on
+    # OpenMoji (L1 rose from 0.16 to 0.21 between steps 1,400 and 4,200, fills turned to rainbow noise).
     "small": {
         "width": 32, "disc_width": 32, "crop_size": 128, "load_size": 142, "steps": 8000, "decay_from": 4000,
-        "batch_size": 4, "lr": 2e-4, "lambda_l1": 100.0, "gan_loss": "vanilla", "dropout": 0.5,
+        "batch_size": 4, "lr": 2e-4, "lambda_l1": 100.0, "gan_loss": "lsgan", "dropout": 0.5,
         "checkpoint_every": 250, "sample_every": 1000,
     },
     # For tests: seconds.
