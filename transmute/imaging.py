@@ -45,6 +45,7 @@ def apply_image_network(
     *,
     channels: int = 3,
     multiple: int = 1,
+    min_size: int = 1,
     tile: int = 0,
     overlap: int = 32,
     background: float = 1.0,
@@ -57,6 +58,9 @@ def apply_image_network(
     RGB for a 3-channel network (L for a 1-channel one), plus A when the input
     had alpha (kept as it came in, value for value).
     multiple: the network's height and width must be multiples of this.
+    min_size: a piece smaller than this on a side is padded up to it (and
+    cropped back), for networks that cannot take tiny inputs (a ResNet
+    generator's reflection padding and instance norm).
     tile: items larger than this on either side go through in tile x tile
     pieces that overlap by `overlap` pixels (0: whole items).
     background: what transparent pixels are composited onto before the
@@ -72,8 +76,9 @@ def apply_image_network(
 
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 or 3, got {channels}")
-    if multiple < 1 or max_batch < 1:
-        raise ValueError(f"multiple and max_batch must be at least 1, got {multiple} and {max_batch}")
+    if multiple < 1 or max_batch < 1 or min_size < 1:
+        raise ValueError(f"multiple, min_size and max_batch must be at least 1, got {multiple}, {min_size} "
+                         f"and {max_batch}")
     if tile and not 0 <= overlap < tile:
         raise ValueError(f"overlap must be at least 0 and smaller than tile ({tile}), got {overlap}")
     mode = images.spec.mode or {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}.get(int(images.data.shape[1]))
@@ -100,7 +105,8 @@ def apply_image_network(
                        for cols in _spans(w, tile, overlap)]
         groups: dict[tuple[int, int], list[_Piece]] = {}
         for piece in pieces:  # pieces of one padded shape can share a call; dicts keep the order
-            shape = (-piece.rows.size % multiple + piece.rows.size, -piece.cols.size % multiple + piece.cols.size)
+            shape = tuple(max(-size % multiple + size, -min_size % multiple + min_size)
+                          for size in (piece.rows.size, piece.cols.size))
             groups.setdefault(shape, []).append(piece)
         for (padded_h, padded_w), group in groups.items():
             for start in range(0, len(group), max_batch):
@@ -245,11 +251,13 @@ class ImageTranslationStage(Stage):
     own, e.g. model and direction) and `load_network(device)`, which returns
     the generator (in eval mode, on the device) and the crop size it was
     trained at. Everything else (spec check, tiling, alpha, value range) is
-    apply_image_network's.
+    apply_image_network's. `min_size`: the smallest side the network takes
+    (smaller images are padded up to it and cropped back).
     """
 
     consumes = Images
     produces = Images
+    min_size = 1
 
     def load_network(self, device) -> tuple[Callable, int]:
         raise NotImplementedError
@@ -265,6 +273,7 @@ class ImageTranslationStage(Stage):
 
     def process(self, signal: Images) -> Images:
         return apply_image_network(signal, self.net, channels=3, multiple=getattr(self.net, "multiple", 1),
+                                   min_size=self.min_size,
                                    tile=self.tile or 4 * self.trained_size, overlap=self.overlap,
                                    background=self.background, device=self.device)
 

@@ -27,6 +27,9 @@ class Translate(ImageTranslationStage):
     """Translate images with a CycleGAN, A -> B or B -> A (both are in one model); any size, alpha carried."""
 
     name = "cyclegan.translate"
+    # Two stride-2 layers take 8 px to a 2 x 2 bottleneck, the least that the residual blocks' reflection
+    # padding and instance norm accept; a smaller image (1 x 1, a 2 px strip) is padded up to it.
+    min_size = 8
     params = {
         "model": Param(str, DEFAULT_MODEL, "a CycleGAN checkpoint (RUN/model.safetensors) or a built-in model name"),
         "direction": Param(str, "AtoB", "AtoB: domain A -> B as trained (--data DIR/trainA -> trainB); BtoA: back",
