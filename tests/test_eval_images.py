@@ -266,6 +266,15 @@ def test_model_form_translates_the_split_then_evaluates(tmp_path, monkeypatch, c
         assert table_row(result.output, label)[-1] == "equal", result.output
 
 
+def test_a_sheet_that_is_a_folder_is_refused_before_translating(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(ev, "translate", lambda *args: calls.append(args) or [])
+    aligned_split(tmp_path / "val")
+    (tmp_path / "sheets").mkdir()
+    result = invoke("--model", "some-model", "--data", tmp_path / "val", "--sheet", tmp_path / "sheets")
+    assert result.exit_code == 1 and "is a folder" in result.output and calls == []
+
+
 def _translation_model():
     from transmute.plugins import get_manager
 

@@ -482,6 +482,8 @@ def eval_images_command(pred, target, inputs, model, data, direction, sheet, csv
         if target is not None or inputs is not None:
             raise click.UsageError("--model --data finds the inputs and targets in the split; "
                                    "leave out --target and --input")
+        default_sheet = (pred.parent / f"{pred.name}-sheet.png") if pred else Path("eval-images-sheet.png")
+        sheet = _sheet_path(sheet, default_sheet)  # checked before minutes of translation
         with tempfile.TemporaryDirectory(prefix="transmute-eval-") as scratch:
             scratch = Path(scratch)
             inputs, target, notes = split_test_set(data, direction, scratch)
@@ -492,18 +494,27 @@ def eval_images_command(pred, target, inputs, model, data, direction, sheet, csv
                 warn(line)
             if not out.is_dir():
                 raise TransmuteError(f"model {model} translated no image of {data}")
-            default_sheet = (pred.parent / f"{pred.name}-sheet.png") if pred else Path("eval-images-sheet.png")
-            _evaluate_and_print(out, target, inputs, sheet, default_sheet, csv_path, size, no_fd, warn)
+            _evaluate_and_print(out, target, inputs, sheet, csv_path, size, no_fd, warn)
         return
     if data is not None:
         raise click.UsageError("--data is for --model; to compare folders give --pred and --target")
     if pred is None or target is None:
         raise click.UsageError("give --pred DIR and --target DIR (or --model NAME --data SPLIT)")
-    default_sheet = pred.resolve().parent / f"{pred.resolve().name}-sheet.png"
-    _evaluate_and_print(pred, target, inputs, sheet, default_sheet, csv_path, size, no_fd, warn)
+    sheet = _sheet_path(sheet, pred.resolve().parent / f"{pred.resolve().name}-sheet.png")
+    _evaluate_and_print(pred, target, inputs, sheet, csv_path, size, no_fd, warn)
 
 
-def _evaluate_and_print(pred, target, inputs, sheet, default_sheet, csv_path, size, no_fd, warn):
+def _sheet_path(sheet, default_sheet: Path) -> Path | None:
+    """Where --sheet writes (None: no sheet); a folder is refused now, not after the evaluation."""
+    if sheet is None:
+        return None
+    path = default_sheet if sheet == _DEFAULT_SHEET else Path(sheet)
+    if path.is_dir():
+        raise TransmuteError(f"--sheet {path}: is a folder; give a file name such as {path / 'sheet.png'}")
+    return path
+
+
+def _evaluate_and_print(pred, target, inputs, sheet_path, csv_path, size, no_fd, warn):
     pairs, notes = match(pred, target, inputs)
     for line in notes:
         click.echo(f"note: {line}", err=True)
@@ -516,9 +527,6 @@ def _evaluate_and_print(pred, target, inputs, sheet, default_sheet, csv_path, si
     if csv_path is not None:
         write_csv(report, csv_path)
         click.echo(f"wrote {csv_path}")
-    if sheet is not None:
-        path = default_sheet if sheet == _DEFAULT_SHEET else Path(sheet)
-        if path.is_dir():
-            raise TransmuteError(f"--sheet {path}: is a folder; give a file name such as {path / 'sheet.png'}")
-        write_sheet(report, path)
-        click.echo(f"wrote {path}")
+    if sheet_path is not None:
+        write_sheet(report, sheet_path)
+        click.echo(f"wrote {sheet_path}")
