@@ -752,7 +752,8 @@ def training_options(func):
         click.option("--sample-weights", type=click.Path(dir_okay=False, path_type=Path), default=None,
                      help="CSV of name,weight: how often each training item is drawn (unlisted items: 1)."),
         click.option("--hparam", "hparams", multiple=True, metavar="KEY=VALUE",
-                     help="Override a preset value, e.g. --hparam lr_g=1e-4 (repeatable)."),
+                     help="Override a preset value (repeatable), e.g. --hparam batch_size=2; the keys are the "
+                          "preset's (an unknown key is answered with the list)."),
         click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint."),
     ]
     for option in reversed(options):
