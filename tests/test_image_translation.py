@@ -11,7 +11,7 @@ from PIL import Image
 from transmute.checkpoint import load_checkpoint
 from transmute.cli import cli
 from transmute.errors import TransmuteError
-from transmute.imagedata import Augment, PairedImages, paired_split, read_rgb, split_aligned, unpaired_split
+from transmute.imagedata import Augment, PairedImages, aligned_only, paired_split, read_rgb, split_aligned, unpaired_split
 
 
 def invoke(*args):
@@ -81,6 +81,19 @@ def test_layout_problems_are_one_line(image_data, tmp_path):
     (tmp_path / "bad.png").write_bytes(b"not a png")
     with pytest.raises(TransmuteError, match="bad.png: not a readable image"):
         read_rgb(tmp_path / "bad.png")
+
+
+def test_aligned_files_that_are_not_two_to_one_are_left_out_or_refused(image_data, tmp_path):
+    # A folder of plain square images (a CycleGAN domain, say) used to train pix2pix on their halves.
+    result = invoke("train", "pix2pix", "--data", image_data / "trainA", "--out", tmp_path / "r", "--preset", "tiny")
+    assert result.exit_code == 1 and "none of its 8 images is an aligned A|B pair" in result.output
+    mixed = tmp_path / "mixed" / "train"
+    mixed.mkdir(parents=True)
+    for name in ("00.png", "01.png"):
+        (mixed / name).write_bytes((image_data / "train" / name).read_bytes())
+    Image.new("RGB", (32, 32)).save(mixed / "square.png")
+    kept, notes = aligned_only(paired_split(mixed.parent), mixed.parent)
+    assert [p.name for p in kept] == ["00", "01"] and "square.png (32x32)" in notes[0]
 
 
 def test_augmentation_crops_pairs_alike_and_pads_small_images_with_white():

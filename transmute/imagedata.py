@@ -93,6 +93,34 @@ def paired_split(data: Path | None, split: str = "train", a_dir: Path | None = N
     raise TransmuteError(_describe(data, split))
 
 
+def aligned_only(pairs: list[Pair], where) -> tuple[list[Pair], list[str]]:
+    """The pairs less the aligned files whose width is not twice their height (from their headers), and a
+    note naming those; TransmuteError when no aligned file is left (a folder of plain images, say)."""
+    from PIL import Image
+
+    kept, odd = [], []
+    for pair in pairs:
+        if pair.b is not None:
+            kept.append(pair)
+            continue
+        try:
+            with Image.open(pair.a) as img:
+                w, h = img.size
+                if img.getexif().get(0x0112, 1) in (5, 6, 7, 8):  # EXIF-rotated a quarter turn, as read_rgb reads it
+                    w, h = h, w
+        except (OSError, ValueError, SyntaxError):
+            kept.append(pair)  # read_rgb names the file and the reason when it is read
+            continue
+        (kept if w == 2 * h else odd).append(pair if w == 2 * h else f"{pair.a.name} ({w}x{h})")
+    if not kept:
+        raise TransmuteError(f"{where}: none of its {len(odd)} images is an aligned A|B pair (A and B side "
+                             "by side, width twice the height); for matching files in two folders use "
+                             "DATA/trainA + DATA/trainB or --a DIR --b DIR")
+    notes = [f"left out {len(odd)} file(s) that are not aligned A|B pairs (width twice the height): "
+             + ", ".join(odd[:3]) + (", ..." if len(odd) > 3 else "")] if odd else []
+    return kept, notes
+
+
 def _matched(a_dir: Path, b_dir: Path) -> list[Pair]:
     for folder in (a_dir, b_dir):
         if not folder.is_dir():

@@ -35,7 +35,7 @@ def train_command(data, a_dir, b_dir, direction, preset, name_a, name_b, **optio
     gan_loss="lsgan", crop_size=256).
     """
     from transmute.errors import TransmuteError
-    from transmute.imagedata import paired_split
+    from transmute.imagedata import aligned_only, paired_split
     from transmute.training import say, train
     from transmute_pix2pix.networks import PRESETS
     from transmute_pix2pix.task import Pix2PixTask, validate_hparams
@@ -44,7 +44,9 @@ def train_command(data, a_dir, b_dir, direction, preset, name_a, name_b, **optio
         raise TransmuteError("give --data DIR (a data set folder) or --a DIR --b DIR (two folders of pairs)")
     config = config_from_options(options, PRESETS[preset])
     validate_hparams(config.hparams)
-    pairs = paired_split(data, "train", a_dir, b_dir)
+    pairs, notes = aligned_only(paired_split(data, "train", a_dir, b_dir), data)
+    for note in notes:
+        say(f"warning: {note}")
     if direction == "BtoA":
         name_a, name_b = name_b, name_a
     say(f"{len(pairs)} training pairs from {data or a_dir}; preset {preset}, {config.steps} steps")
