@@ -331,7 +331,8 @@ def test_stale_temporaries_are_removed_when_the_next_run_starts(tmp_path):
 
 
 def test_a_fresh_start_after_a_kill_before_the_first_checkpoint_starts_a_fresh_log(tmp_path):
-    with pytest.raises(TransmuteError, match=r"interrupted at step 3; no checkpoint was written yet"):
+    # Not "add --resume": with no checkpoint, --resume only answers "nothing to resume".
+    with pytest.raises(TransmuteError, match=r"step 3; no checkpoint was written yet \(run the same command again"):
         train(Regression(fail_at=3), config(tmp_path / "run", 10))
     assert (tmp_path / "run" / "log.jsonl").read_text().count("\n") == 3
     train(Regression(), config(tmp_path / "run", 10))

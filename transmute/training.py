@@ -638,8 +638,10 @@ def train(task: Task, config: TrainConfig, profile: dict | None = None) -> Path:
             stop = _WorkerDied(str(stop).rstrip(". "))  # the DataLoader's SIGCHLD handler, between batches
         how = {_Terminated: "terminated (SIGTERM)", KeyboardInterrupt: "interrupted"}.get(
             type(stop), f"a data worker died ({stop})")
-        where = f"the last checkpoint (step {saved}) is in {state_path}" if saved else "no checkpoint was written yet"
-        error = TransmuteError(f"{how} at step {step}; {where} (add --resume to continue)")
+        # --resume needs a checkpoint: before the first one, it would only answer "nothing to resume".
+        where = (f"the last checkpoint (step {saved}) is in {state_path} (add --resume to continue)" if saved
+                 else "no checkpoint was written yet (run the same command again to start over)")
+        error = TransmuteError(f"{how} at step {step}; {where}")
         error.exit_code = {_Terminated: 143, KeyboardInterrupt: 130}.get(type(stop), 1)  # what `run` exits with
         raise error from None
     finally:
