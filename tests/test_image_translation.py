@@ -294,8 +294,9 @@ def test_translate_images_runs_either_family_and_either_direction(pix2pix_model,
 def test_a_checkpoint_of_the_other_family_is_one_line(pix2pix_model, cyclegan_model, tmp_path):
     from transmute_pix2pix.stages import Translate
 
-    with pytest.raises(TransmuteError, match="cyclegan"):
+    with pytest.raises(TransmuteError, match="cyclegan") as caught:
         _stage(Translate, model=str(cyclegan_model))
+    assert "stage 'cyclegan.translate'" in str(caught.value) and "\n" not in str(caught.value)  # what to do
 
 
 def test_eval_images_translates_a_test_split_with_either_family(pix2pix_model, cyclegan_model, image_data):

@@ -268,8 +268,24 @@ class ImageTranslationStage(Stage):
         return ImageSpec("RGBA" if incoming.mode == "RGBA" else "RGB", (-1.0, 1.0))
 
     def setup(self, device) -> None:
+        from transmute.checkpoint import read_metadata, resolve_model
+        from transmute.errors import CheckpointError
+
         super().setup(device)
-        self.net, self.trained_size = self.load_network(device)
+        try:
+            self.net, self.trained_size = self.load_network(device)
+        except CheckpointError as exc:
+            # The image-translation pipeline names pix2pix.translate; from Python or a pipeline file, a CycleGAN
+            # checkpoint lands here with no word on what to do (translate-images picks the stage by itself).
+            try:
+                family = read_metadata(resolve_model(self.model)).get("plugin")
+            except Exception:  # noqa: BLE001 - the hint is optional; the original error stands
+                family = None
+            if not family or f"{family}.translate" == self.name:
+                raise
+            raise CheckpointError(f"{exc}; a {family} model goes through stage '{family}.translate': "
+                                  f"`transmute translate-images --model {self.model}` chooses it, or set "
+                                  f"use = \"{family}.translate\" in the pipeline file") from None
 
     def process(self, signal: Images) -> Images:
         return apply_image_network(signal, self.net, channels=3, multiple=getattr(self.net, "multiple", 1),
