@@ -262,6 +262,9 @@ def test_model_form_translates_the_split_then_evaluates(tmp_path, monkeypatch, c
     assert result.exit_code == 0, result.output
     assert calls == [("some-model", "BtoA")] and len(list((tmp_path / "kept").glob("*.png"))) == 3
     assert "3 images" in result.output
+    # The header names the split, not the scratch folders it was cut into (gone by the time it is read).
+    assert f"against {tmp_path / 'val'} (left halves); identity baseline from {tmp_path / 'val'} (right halves)" \
+        in result.output and "transmute-eval-" not in result.output
     for label in ("PSNR", "SSIM", "L1", "FD-EfficientNet-Lite0"):
         assert table_row(result.output, label)[-1] == "equal", result.output
 

@@ -494,7 +494,12 @@ def eval_images_command(pred, target, inputs, model, data, direction, sheet, csv
                 warn(line)
             if not out.is_dir():
                 raise TransmuteError(f"model {model} translated no image of {data}")
-            _evaluate_and_print(out, target, inputs, sheet, csv_path, size, no_fd, warn)
+            # The report names what the user gave, not scratch folders that are gone when it is read.
+            labels = {} if pred else {out: f"the translations of {model}"}
+            if scratch in Path(target).parents:  # an aligned split, cut in two
+                left, right = ("left", "right") if direction == "AtoB" else ("right", "left")
+                labels.update({inputs: f"{data} ({left} halves)", target: f"{data} ({right} halves)"})
+            _evaluate_and_print(out, target, inputs, sheet, csv_path, size, no_fd, warn, labels)
         return
     if data is not None:
         raise click.UsageError("--data is for --model; to compare folders give --pred and --target")
@@ -514,12 +519,14 @@ def _sheet_path(sheet, default_sheet: Path) -> Path | None:
     return path
 
 
-def _evaluate_and_print(pred, target, inputs, sheet_path, csv_path, size, no_fd, warn):
+def _evaluate_and_print(pred, target, inputs, sheet_path, csv_path, size, no_fd, warn, labels=None):
     pairs, notes = match(pred, target, inputs)
     for line in notes:
         click.echo(f"note: {line}", err=True)
     report = evaluate(pairs, size=size, fd=not no_fd, on_problem=warn)
-    report.pred, report.target, report.input = str(pred), str(target), str(inputs) if inputs else None
+    labels = labels or {}
+    report.pred, report.target = str(labels.get(pred, pred)), str(labels.get(target, target))
+    report.input = str(labels.get(inputs, inputs)) if inputs else None
     for role, count in report.resized.items():
         warn(f"{count} {role}{'s' if count > 1 else ''} resized (bilinear) to {'their' if count > 1 else 'its'} "
              "target's size before comparing")
