@@ -96,8 +96,8 @@ def test_unmatched_and_unreadable_files_are_reported_and_the_rest_evaluated(tmp_
     save(target / "small.png", np.zeros((24, 32, 3)))
     result = invoke("--pred", pred, "--target", target)
     assert result.exit_code == 0, result.output
-    assert "2 predictions have no target" in result.stderr  # sub/lonely, other
-    assert "1 target has no prediction" in result.stderr
+    assert "2 predictions have no target (other, sub/lonely)" in result.stderr
+    assert "1 target has no prediction (only-target)" in result.stderr
     assert f"{pred / 'broken.png'}: not a readable image" in result.stderr
     assert "1 prediction resized" in result.stderr
     assert "5 images" in result.stdout  # im0..im3 and small

@@ -127,14 +127,15 @@ def match(pred: Path, target: Path, inputs: Path | None = None) -> tuple[list[Pa
     if not pairs:
         raise TransmuteError(f"no image in {pred} has a target at the same relative path (name without "
                              f"extension) in {target}")
-    lonely = [(len(set(predictions) - set(targets)), "prediction", "target"),
-              (len(set(targets) - set(predictions)), "target", "prediction")]
+    lonely = [(sorted(set(predictions) - set(targets)), "prediction", "target"),
+              (sorted(set(targets) - set(predictions)), "target", "prediction")]
     if inputs is not None:
-        lonely.append((sum(1 for p in pairs if p.input is None), "prediction", "input; the identity baseline "
-                                                                                  "leaves it out"))
-    for count, what, partner in lonely:
-        if count:
-            notes.append(f"{count} {what}{'s have' if count > 1 else ' has'} no {partner}")
+        lonely.append(([p.name for p in pairs if p.input is None], "prediction",
+                       "input; the identity baseline leaves it out"))
+    for names, what, partner in lonely:
+        if names:  # named, so that a misspelt or misplaced file can be found
+            shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+            notes.append(f"{len(names)} {what}{'s have' if len(names) > 1 else ' has'} no {partner} ({shown})")
     return pairs, notes
 
 
