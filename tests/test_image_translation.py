@@ -273,6 +273,15 @@ def test_tiny_images_and_thin_strips_are_translated(family, pix2pix_model, cycle
         assert out.sizes == item.sizes and torch.isfinite(out.data).all()
 
 
+def test_a_tile_not_larger_than_the_overlap_is_refused_before_running(pix2pix_model, tmp_path):
+    source = tmp_path / "in"
+    source.mkdir()
+    Image.fromarray(shape_pair(3, 40)[0]).save(source / "x.png")
+    result = invoke("translate-images", "--model", pix2pix_model, "--tile", 16, source, "-o", tmp_path / "out")
+    assert result.exit_code == 1 and "tile 16 must be larger than overlap 32" in result.output
+    assert "FAILED" not in result.output and not (tmp_path / "out" / "x.png").exists()
+
+
 def test_translate_images_runs_either_family_and_either_direction(pix2pix_model, cyclegan_model, tmp_path):
     source = tmp_path / "in"
     source.mkdir()

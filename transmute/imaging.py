@@ -265,6 +265,12 @@ class ImageTranslationStage(Stage):
     def check(self, incoming: ImageSpec) -> ImageSpec:
         self.require("value_range", (-1.0, 1.0), incoming.value_range,
                      "set value_range = [-1, 1] on the images.load stage")
+        if self.tile and self.overlap >= self.tile:  # else every image would fail with the same message
+            from transmute.errors import PipelineError
+
+            raise PipelineError(f"tile {self.tile} must be larger than overlap {self.overlap} (the pixels that "
+                                f"neighbouring tiles share); use a tile of at least {max(4 * self.overlap, 1)} "
+                                "or a smaller overlap")
         return ImageSpec("RGBA" if incoming.mode == "RGBA" else "RGB", (-1.0, 1.0))
 
     def setup(self, device) -> None:
@@ -290,7 +296,9 @@ class ImageTranslationStage(Stage):
     def process(self, signal: Images) -> Images:
         return apply_image_network(signal, self.net, channels=3, multiple=getattr(self.net, "multiple", 1),
                                    min_size=self.min_size,
-                                   tile=self.tile or 4 * self.trained_size, overlap=self.overlap,
+                                   tile=self.tile or 4 * self.trained_size,
+                                   # the default tile of a model trained on tiny crops may be under the overlap
+                                   overlap=self.overlap if self.tile else min(self.overlap, self.trained_size),
                                    background=self.background, device=self.device)
 
 
