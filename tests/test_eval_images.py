@@ -244,6 +244,14 @@ def test_an_unaligned_split_is_found_from_its_parent(tmp_path):
         ev.split_test_set(tmp_path / "h2z", "AtoB", tmp_path)
 
 
+def test_a_data_set_root_is_refused_with_its_test_split_named(tmp_path):
+    # data/openmoji instead of data/openmoji/test: the recursive search would evaluate the training pairs too.
+    aligned_split(tmp_path / "pairs" / "train")
+    aligned_split(tmp_path / "pairs" / "test")
+    with pytest.raises(ev.TransmuteError, match=r"train/, test/ .*give --data .*pairs/test$"):
+        ev.split_test_set(tmp_path / "pairs", "AtoB", tmp_path / "scratch")
+
+
 def test_model_form_translates_the_split_then_evaluates(tmp_path, monkeypatch, cheap_features):
     """With an identity 'translation' in place of the pipeline, the model equals the baseline everywhere."""
     import shutil

@@ -406,6 +406,15 @@ def split_test_set(split: Path, direction: str, scratch: Path) -> tuple[Path, Pa
     if a.is_dir() or b.is_dir():
         raise TransmuteError(f"--data {split}: has {'testA' if a.is_dir() else 'testB'} but not "
                              f"{'testB' if a.is_dir() else 'testA'}; an unaligned split needs both")
+    # A data set's root (train/ and test/ side by side): its files, found recursively, would mix the training
+    # pairs into the evaluation without a word.
+    splits = [name for name in ("train", "trainA", "trainB", "test", "val") if (split / name).is_dir()]
+    if splits:
+        held_out = next((split / name for name in ("test", "val") if name in splits), None)
+        raise TransmuteError(f"--data {split}: holds the split folder(s) {', '.join(s + '/' for s in splits)} "
+                             "(a data set's root, training data included); give "
+                             + (f"--data {held_out}" if held_out else "a folder of held-out A|B files, or the "
+                                "parent of testA/ and testB/"))
     files, _ = images_by_relative_path(split, "data")
     inputs, targets, notes = scratch / "input", scratch / "target", []
     for name, path in files.items():
