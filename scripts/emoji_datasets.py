@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Build two image-translation data sets offline from emoji npm packages.
+"""Build two image-translation data sets locally from emoji npm packages (npm fetches them once).
 
     python scripts/emoji_datasets.py OUT_ROOT [--only openmoji|emoji] [--cache DIR]
                                      [--size-openmoji 128] [--size-emoji 64] [--force]
