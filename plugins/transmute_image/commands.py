@@ -25,7 +25,8 @@ DEFAULT_MODEL = "openmoji-color"
               help="Translate images larger than N pixels on a side in overlapping N x N tiles, so memory "
                    "stays bounded (0: whole images; default: the model's stage decides).")
 @click.option("--device", default=None, metavar="auto|cpu|cuda[:N]", help="Where the model runs (default: auto).")
-@click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Images per batch.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None,
+              help="Images per batch (default: the image-translation pipeline's, 8); results do not depend on it.")
 @click.option("--overwrite", is_flag=True, help="Replace outputs that already exist (default: skip them).")
 @workers_option
 @tf32_option
