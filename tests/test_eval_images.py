@@ -282,8 +282,10 @@ def test_a_sheet_that_is_a_folder_is_refused_before_translating(tmp_path, monkey
     monkeypatch.setattr(ev, "translate", lambda *args: calls.append(args) or [])
     aligned_split(tmp_path / "val")
     (tmp_path / "sheets").mkdir()
-    result = invoke("--model", "some-model", "--data", tmp_path / "val", "--sheet", tmp_path / "sheets")
-    assert result.exit_code == 1 and "is a folder" in result.output and calls == []
+    for sheet in (tmp_path / "sheets", f"{tmp_path / 'new'}/"):  # a folder, or a name that says it is one
+        result = invoke("--model", "some-model", "--data", tmp_path / "val", "--sheet", sheet)
+        assert result.exit_code == 1 and "is a folder" in result.output and calls == []
+    assert not (tmp_path / "new").exists()
 
 
 def _translation_model():

@@ -524,7 +524,7 @@ def _sheet_path(sheet, default_sheet: Path) -> Path | None:
     if sheet is None:
         return None
     path = default_sheet if sheet == _DEFAULT_SHEET else Path(sheet)
-    if path.is_dir():
+    if path.is_dir() or str(sheet).endswith("/"):  # "out/sheets/" means a folder even before it exists
         raise TransmuteError(f"--sheet {path}: is a folder; give a file name such as {path / 'sheet.png'}")
     return path
 
