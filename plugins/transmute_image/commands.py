@@ -23,7 +23,8 @@ DEFAULT_MODEL = "openmoji-color"
               help="AtoB (default) translates as trained; BtoA the other way (CycleGAN models only).")
 @click.option("--tile", type=click.IntRange(min=0), default=None, metavar="N",
               help="Translate images larger than N pixels on a side in overlapping N x N tiles, so memory "
-                   "stays bounded (0: whole images; default: the model's stage decides).")
+                   "stays bounded (default, or 0: 4 x the model's training size, 512 for a model trained at 128 px; "
+                   "a size above your largest image, e.g. 100000, translates whole images).")
 @click.option("--device", default=None, metavar="auto|cpu|cuda[:N]", help="Where the model runs (default: auto).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None,
               help="Images per batch (default: the image-translation pipeline's, 8); results do not depend on it.")
