@@ -278,7 +278,7 @@ def test_a_tile_not_larger_than_the_overlap_is_refused_before_running(pix2pix_mo
     source.mkdir()
     Image.fromarray(shape_pair(3, 40)[0]).save(source / "x.png")
     result = invoke("translate-images", "--model", pix2pix_model, "--tile", 16, source, "-o", tmp_path / "out")
-    assert result.exit_code == 1 and "tile 16 must be larger than overlap 32" in result.output
+    assert result.exit_code == 1 and "tile 16 must be larger than overlap 64" in result.output
     assert "FAILED" not in result.output and not (tmp_path / "out" / "x.png").exists()
 
 

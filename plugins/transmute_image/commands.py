@@ -23,8 +23,9 @@ DEFAULT_MODEL = "openmoji-color"
               help="AtoB (default) translates as trained; BtoA the other way (CycleGAN models only).")
 @click.option("--tile", type=click.IntRange(min=0), default=None, metavar="N",
               help="Translate images larger than N pixels on a side in overlapping N x N tiles, so memory "
-                   "stays bounded (default, or 0: 4 x the model's training size, 512 for a model trained at 128 px; "
-                   "a size above your largest image, e.g. 100000, translates whole images).")
+                   "stays bounded (default, or 0: 2048; smaller images are translated whole).")
+@click.option("--overlap", type=click.IntRange(min=0), default=None, metavar="N",
+              help="Pixels that neighbouring tiles share, blended (default: 64).")
 @click.option("--device", default=None, metavar="auto|cpu|cuda[:N]", help="Where the model runs (default: auto).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None,
               help="Images per batch (default: the image-translation pipeline's, 8); results do not depend on it.")
@@ -32,7 +33,7 @@ DEFAULT_MODEL = "openmoji-color"
 @workers_option
 @tf32_option
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar; only failures, warnings and the summary.")
-def translate_images_command(inputs, outdir, model, direction, tile, device, batch_size, overwrite, workers,
+def translate_images_command(inputs, outdir, model, direction, tile, overlap, device, batch_size, overwrite, workers,
                              tf32, quiet):
     """Translate image files or folders with a pix2pix or CycleGAN model (pipeline image-translation).
 
@@ -44,14 +45,15 @@ def translate_images_command(inputs, outdir, model, direction, tile, device, bat
     from transmute import run
     from transmute.cli import RunPrinter
 
-    pipeline = translation_pipeline(model, direction, tile)
+    pipeline = translation_pipeline(model, direction, tile, overlap)
     printer = RunPrinter(PIPELINE, outdir, quiet)
     report = run(pipeline, inputs, outdir, device=device, batch_size=batch_size, overwrite=overwrite,
                  workers=workers, tf32=tf32, on_start=printer.start, on_outcome=printer.outcome)
     printer.finish(report)
 
 
-def translation_pipeline(model: str, direction: str | None = None, tile: int | None = None):
+def translation_pipeline(model: str, direction: str | None = None, tile: int | None = None,
+                         overlap: int | None = None):
     """The image-translation pipeline, its translate step using the stage of `model`'s family.
 
     The family is the plugin that made the checkpoint (its metadata says which):
@@ -80,8 +82,9 @@ def translation_pipeline(model: str, direction: str | None = None, tile: int | N
             raise TransmuteError(f"--direction {direction}: model {model} is a {family} model, which translates "
                                  "one way only (AtoB, as trained); train a model the other way round, or use a "
                                  "CycleGAN model")
-    if tile is not None:
-        if "tile" not in stage.params:
-            raise TransmuteError(f"--tile: stage {use} does not tile; leave --tile out")
-        step["tile"] = tile
+    for option, value in (("tile", tile), ("overlap", overlap)):
+        if value is not None:
+            if option not in stage.params:
+                raise TransmuteError(f"--{option}: stage {use} does not tile; leave --{option} out")
+            step[option] = value
     return build_from_dict(doc, source=str(source), name=PIPELINE)
