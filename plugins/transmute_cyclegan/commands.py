@@ -23,7 +23,8 @@ def train_command(data, preset, name_a, name_b, **options):
     Both directions are learnt at once and kept in one model: translate with
     `transmute translate-images --model RUN/model.safetensors --direction
     AtoB|BtoA`. The run folder gets checkpoints/last.safetensors (resume with
-    --resume), model.safetensors, samples/ (input | translated | and back) and
+    --resume), model.safetensors, samples/ (input | translated | and back,
+    every --sample-every steps; the tiny preset writes none) and
     log.jsonl. --hparam takes any key of the preset (e.g. width=64,
     lambda_identity=0); --sample-weights names items 'a/NAME' and 'b/NAME'.
     """

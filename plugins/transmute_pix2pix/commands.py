@@ -30,9 +30,10 @@ def train_command(data, a_dir, b_dir, direction, preset, name_a, name_b, **optio
 
     The run folder gets checkpoints/last.safetensors (resume with --resume),
     model.safetensors (the generator: `transmute translate-images --model
-    RUN/model.safetensors`), samples/ (input | output | target grids) and
+    RUN/model.safetensors`), samples/ (input | output | target grids, every
+    --sample-every steps; the tiny preset writes none) and
     log.jsonl. --hparam takes any key of the preset (e.g. width=64,
-    gan_loss="lsgan", crop_size=256).
+    gan_loss="vanilla", crop_size=256).
     """
     from transmute.errors import TransmuteError
     from transmute.imagedata import aligned_only, paired_split
