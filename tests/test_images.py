@@ -149,6 +149,60 @@ def test_16_bit_grayscale_keeps_every_bit(tmp_path):
     assert back.format == "PNG" and np.array_equal(np.asarray(back), values)
 
 
+def _png16(path, values, colour_type):
+    """A 16-bit PNG written by hand (Pillow writes 16 bits only for grayscale): 2 = RGB, 6 = RGBA."""
+    import struct
+    import zlib
+
+    h, w = values.shape[:2]
+    rows = b"".join(b"\x00" + values[i].astype(">u2").tobytes() for i in range(h))
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", w, h, 16, colour_type, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows))
+                     + chunk(b"IEND", b""))
+
+
+@pytest.mark.parametrize("channels, colour_type", [(3, 2), (4, 6)])
+def test_16_bit_rgb_and_rgba_png_load_at_8_bit_precision(tmp_path, channels, colour_type):
+    # Pillow opens a 16-bit colour PNG as 8-bit RGB(A), keeping each value's high byte: the colours are
+    # right to 1/255, and the alpha comes through.
+    values = np.random.default_rng(0).integers(0, 65536, (3, 5, channels))
+    values[0, 0] = 65535
+    _png16(tmp_path / "deep.png", values, colour_type)
+    signal = load(tmp_path / "deep.png", mode="RGBA")
+    expected = np.concatenate([values / 65535, np.ones((3, 5, 4 - channels))], -1)
+    assert np.abs(signal.data[0].permute(1, 2, 0).numpy() - expected).max() <= 1 / 255 + 1e-6
+    assert signal.data[0, :, 0, 0].tolist() == [1.0] * 4
+
+
+def test_load_la_as_rgba_keeps_its_alpha(tmp_path):
+    la = noise(3, 4, channels=2)
+    Image.fromarray(la, "LA").save(tmp_path / "la.png")
+    rgba = load(tmp_path / "la.png", mode="RGBA").data[0].numpy()
+    assert np.allclose(rgba[3], la[..., 1] / 255) and all(np.allclose(rgba[c], la[..., 0] / 255) for c in range(3))
+
+
+def test_load_gif_palette_transparency_as_alpha(tmp_path):
+    image = Image.new("P", (4, 3))
+    image.putpalette([255, 0, 0, 0, 255, 0] + [0] * 762)
+    image.putdata([0, 1] * 6)
+    image.save(tmp_path / "p.gif", transparency=1)
+    assert load(tmp_path / "p.gif", mode="RGBA").data[0, 3].tolist() == [[1, 0, 1, 0]] * 3
+
+
+def test_exif_orientation_turns_the_pixels(tmp_path):
+    values = (np.arange(6, dtype=np.uint8) * 40).reshape(2, 3)
+    image = Image.fromarray(values)
+    exif = image.getexif()
+    exif[0x0112] = 6  # shown rotated 90 degrees clockwise
+    image.save(tmp_path / "rotated.png", exif=exif)  # PNG: lossless, so the pixels can be compared
+    turned = load(tmp_path / "rotated.png", mode="L").data[0, 0].numpy() * 255
+    assert np.array_equal(turned.round(), np.rot90(values, -1))
+
+
 def test_value_range_minus_one_to_one(tmp_path):
     Image.fromarray(np.array([[0, 255], [51, 204]], dtype=np.uint8)).save(tmp_path / "g.png")
     signal = load(tmp_path / "g.png", mode="L", value_range=[-1, 1])

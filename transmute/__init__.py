@@ -32,6 +32,7 @@ PLUGIN_API_MODULES = (
     "transmute.gan",  # adversarial losses, the CycleGAN objective, history buffer, PatchGAN, LR decay
     "transmute.pipeline",  # building pipelines from files or dicts
     "transmute.viz",  # spectrogram PNGs for training samples
+    "transmute.imaging",  # apply_image_network: an image-to-image network over Images of any size and mode
     "transmute.cli",  # RunPrinter, workers_option, tf32_option: a command that runs a pipeline shows it as `run` does
 )
 

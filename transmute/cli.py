@@ -265,6 +265,10 @@ class RunPrinter:
 
     Commands pass .start and .outcome as run()'s on_start and on_outcome, then
     call .finish(report), which exits 1 if an input failed, 130/143 if stopped.
+    Under torchrun, every rank prints its own files' failures and warnings; only
+    rank 0 shows a progress bar (of its share) and the summary (of every rank),
+    and only its exit status counts the failures: another rank that exits
+    first with 1 would make torchrun stop rank 0 before its summary.
     """
 
     def __init__(self, name: str, outdir, quiet: bool = False):
@@ -272,7 +276,9 @@ class RunPrinter:
         self.bar = None
 
     def start(self, total: int) -> None:
-        if not self.quiet and sys.stderr.isatty():
+        from transmute.runner import torchrun_shard
+
+        if not self.quiet and sys.stderr.isatty() and torchrun_shard().rank == 0:
             from tqdm import tqdm
 
             self.bar = tqdm(total=total, unit="file", desc=self.name, file=sys.stderr, dynamic_ncols=True)
@@ -294,13 +300,19 @@ class RunPrinter:
     def finish(self, report) -> None:
         if self.bar is not None:
             self.bar.close()
+        if report.rank != 0:
+            if report.interrupted:
+                sys.exit(128 + int(report.interrupted))
+            return
         if report.removed_temporaries and not self.quiet:
             click.echo(f"removed {len(report.removed_temporaries)} temporary file(s) that an earlier, "
                        "killed run left", err=True)
         if report.ignored and not self.quiet:
             shown = ", ".join(str(p) for p in report.ignored[:3]) + (" ..." if len(report.ignored) > 3 else "")
             click.echo(f"ignored {len(report.ignored)} file(s) this pipeline does not read: {shown}", err=True)
-        click.echo(f"{report.pipeline or self.name}: {report.summary()} -> {self.outdir} (device {report.device})", err=True)
+        where = f"device {report.device}" if report.world_size == 1 else \
+            f"{report.world_size} processes, device {report.device}"
+        click.echo(f"{report.pipeline or self.name}: {report.summary()} -> {self.outdir} ({where})", err=True)
         if report.interrupted:
             click.echo("interrupted: run the same command again to continue where it stopped", err=True)
             sys.exit(128 + int(report.interrupted))

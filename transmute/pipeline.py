@@ -160,6 +160,31 @@ def parse_overrides(items: list) -> list[tuple[str, str, Any]]:
 # --------------------------------------------------------------------------- building
 
 
+def _installed(registry):
+    """The registry given, else the installed plugins' (what a plugin's command runs with)."""
+    if registry is not None:
+        return registry
+    from transmute.plugins import get_manager
+
+    return get_manager().registry
+
+
+def read_pipeline(ref: str, registry=None) -> tuple[dict, Path]:
+    """A pipeline by registered name or path, read: (its contents in pipeline-file form, its path).
+
+    For a command that changes a pipeline before running it (a stage's `use`,
+    a value): change the dict, then build_from_dict(doc, source=str(path),
+    name=ref) and pass the Pipeline to transmute.run; messages still name the file.
+    """
+    path = find_pipeline(ref, _installed(registry))
+    return read_pipeline_file(path), path
+
+
+def stage_type(use: str, registry=None) -> type[Stage] | None:
+    """The installed stage class that `use` names ("plugin.stage"), or None: e.g. to see its params."""
+    return _installed(registry).stages.get(use)
+
+
 def build_pipeline(ref: str, registry, overrides: list[str] | None = None) -> Pipeline:
     path = find_pipeline(ref, registry)
     doc = read_pipeline_file(path)
@@ -167,8 +192,10 @@ def build_pipeline(ref: str, registry, overrides: list[str] | None = None) -> Pi
     return build_from_dict(doc, registry, source=str(path), name=name, overrides=overrides or [])
 
 
-def build_from_dict(doc: dict, registry, source: str = "<pipeline>", name: str = "pipeline",
+def build_from_dict(doc: dict, registry=None, source: str = "<pipeline>", name: str = "pipeline",
                     overrides: list[str] | None = None) -> Pipeline:
+    """A checked Pipeline from a dict in pipeline-file form (registry: the installed plugins' by default)."""
+    registry = _installed(registry)
     where = source
     unknown = set(doc) - {"pipeline", "stage"}
     if unknown:

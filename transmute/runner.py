@@ -77,6 +77,10 @@ class Report:
     batch_sizes: list[int] = field(default_factory=list)  # every batch formed, in the order it ran
     removed_temporaries: list[Path] = field(default_factory=list)  # stale .part files of killed runs
     seconds: float = 0.0
+    # Under torchrun: this process's rank and how many share the inputs. Rank 0's report holds every
+    # rank's outcomes (in input order) and device(s); another rank's holds only its own share's.
+    rank: int = 0
+    world_size: int = 1
 
     def _with(self, status):
         return [o for o in self.outcomes if o.status == status]
@@ -132,6 +136,7 @@ def run(
     tf32: bool | None = None,
     on_start: Callable[[int], None] | None = None,
     on_outcome: Callable[[Outcome], None] | None = None,
+    distributed: bool | None = None,
 ) -> Report:
     """Run `pipeline` over `inputs` (files and folders) into the folder `output`; return a Report.
 
@@ -142,6 +147,15 @@ def run(
     default_workers()). tf32: allow TensorFloat-32 on CUDA (default off, or
     TRANSMUTE_TF32=1). on_start(total) is called once the inputs are known;
     on_outcome(outcome) for each input, in input order.
+
+    Under torchrun (WORLD_SIZE > 1; distributed=None or True), each rank takes
+    its share of the inputs, input i going to rank i % WORLD_SIZE in the sorted
+    order they are found in, and computes on its own GPU (cuda:LOCAL_RANK) when
+    the device is auto or cuda; on_start and on_outcome see that share. Rank 0's
+    Report then holds the outcomes of every rank, gathered through
+    torch.distributed; the other ranks' hold their own. The output folder must
+    be one that every rank sees. distributed=False: this process runs every
+    input, whatever torchrun says.
 
     Never prints or exits. Setup problems (unknown pipeline, bad parameter, no
     inputs, a device that is not there) raise TransmuteError; a bad input is a
@@ -166,15 +180,22 @@ def run(
         raise TransmuteError("--count is for generating pipelines; this one reads inputs")
     if not str(output):
         raise TransmuteError("no output folder given")
+    shard = torchrun_shard() if distributed is not False else _Shard()
     runner = Runner(built, Path(output), overwrite=overwrite, device=device, batch_size=batch_size,
-                    workers=workers, tf32=tf32, on_outcome=on_outcome)
+                    workers=workers, tf32=tf32, on_outcome=on_outcome, shard=shard)
     jobs = runner.plan_generated(count or 1) if built.is_generator else runner.plan_files(inputs)
-    if not jobs and not runner.report.outcomes:
+    if not jobs and not runner.planned_failures:
         raise TransmuteError(_nothing_found(inputs, runner.report.ignored, built.name))
+    group = shard.join() if shard.world > 1 else None  # before any compute: a rank that cannot connect fails now
+    positions = list(range(len(jobs)))[shard.rank :: shard.world]
+    jobs = [jobs[i] for i in positions]
     if on_start is not None:
         on_start(len(jobs) + len(runner.report.outcomes))
     with _stop_on_sigterm():
-        return runner.run_generator(jobs) if built.is_generator else runner.run_files(jobs)
+        report = runner.run_generator(jobs) if built.is_generator else runner.run_files(jobs)
+    if shard.world > 1:
+        report = shard.gather(report, dict(zip(map(id, jobs), positions)), group)
+    return report
 
 
 def _build(pipeline, overrides: list) -> Pipeline:
@@ -215,6 +236,77 @@ def _stop_on_sigterm():
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+# --------------------------------------------------------------------------- torchrun
+
+
+@dataclass
+class _Shard:
+    """Which share of the inputs this process runs: rank of world (torchrun's RANK and WORLD_SIZE)."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    one_machine: bool = True  # every rank on this machine (LOCAL_WORLD_SIZE == WORLD_SIZE)
+
+    def join(self):
+        """The process group to gather outcomes through: gloo, whatever the default group's backend.
+
+        Outcomes are Python objects gathered once at the end, so gloo (CPU) is
+        right for them even between GPUs, and its timeout is long: a rank that
+        finishes early waits there for the slowest one.
+        """
+        import datetime
+
+        import torch.distributed as dist
+
+        wait = datetime.timedelta(hours=24)
+        try:
+            if not dist.is_initialized():
+                dist.init_process_group(backend="gloo", timeout=wait)
+                return None
+            return None if dist.get_backend() == "gloo" else dist.new_group(backend="gloo", timeout=wait)
+        except Exception as exc:
+            raise TransmuteError(f"rank {self.rank} of {self.world}: cannot join the other torchrun processes "
+                                 f"({one_line(exc)})") from None
+
+    def gather(self, report: Report, position_of: dict[int, int], group) -> Report:
+        """Rank 0: a Report of every rank's outcomes in input order; other ranks: their own, unchanged.
+
+        Outcomes decided while planning (a missing input, an output clash) are
+        rank 0's alone and come first, as they do in a run of one process.
+        """
+        import torch.distributed as dist
+
+        mine = [(position_of.get(id(o.job), -1), o) for o in report.outcomes]
+        if self.rank != 0:
+            mine = [(p, o) for p, o in mine if p >= 0]
+        shared = (mine, report.device, report.batch_sizes, report.seconds, report.interrupted)
+        everyone = [None] * self.world
+        try:
+            dist.all_gather_object(everyone, shared, group=group)
+        except Exception as exc:
+            raise TransmuteError(f"rank {self.rank} of {self.world}: the outputs are written, but the other "
+                                 f"ranks' outcomes could not be gathered ({one_line(exc)})") from None
+        if self.rank != 0:
+            return report
+        outcomes = sorted((entry for rank_ in everyone for entry in rank_[0]), key=lambda entry: entry[0])
+        report.outcomes = [o for _, o in outcomes]  # sorted() is stable: planning outcomes keep their order
+        report.device = ", ".join(dict.fromkeys(rank_[1] for rank_ in everyone))
+        report.batch_sizes = [n for rank_ in everyone for n in rank_[2]]
+        report.seconds = max(rank_[3] for rank_ in everyone)
+        report.interrupted = next((rank_[4] for rank_ in everyone if rank_[4]), 0)
+        return report
+
+
+def torchrun_shard() -> _Shard:
+    """This process's share under torchrun (from RANK, WORLD_SIZE, LOCAL_RANK); rank 0 of 1 otherwise."""
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if world <= 1:
+        return _Shard()
+    return _Shard(int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0")),
+                  int(os.environ.get("LOCAL_WORLD_SIZE", "0") or 0) == world)
 
 
 # --------------------------------------------------------------------------- workers and warnings
@@ -337,18 +429,22 @@ class Runner:
         workers: int | None = None,
         tf32: bool | None = None,
         on_outcome: Callable[[Outcome], None] | None = None,
+        shard: _Shard | None = None,
     ):
         self.pipeline = pipeline
         self.outdir = Path(outdir)
         self.overwrite = overwrite
-        self.device = str(resolve_device(device or pipeline.device))
+        self.shard = shard or _Shard()
+        self.device = str(resolve_device(device or pipeline.device, self.shard.local_rank))
         self.batch_size = batch_size or pipeline.batch_size
         self.workers = default_workers() if workers is None else workers
         if self.workers < 0:
             raise TransmuteError(f"--workers {self.workers}: expected 0 or more")
         self.tf32 = os.environ.get("TRANSMUTE_TF32", "") not in ("", "0") if tf32 is None else tf32
         self.on_outcome = on_outcome or (lambda outcome: None)
-        self.report = Report(pipeline.name, device=self.device, workers=self.workers)
+        self.report = Report(pipeline.name, device=self.device, workers=self.workers, rank=self.shard.rank,
+                             world_size=self.shard.world)
+        self.planned_failures = 0  # inputs that failed while planning (on every rank; reported by rank 0)
         self._router = _WarningRouter()
         self._finished: dict[int, Outcome] = {}  # outcomes waiting for earlier inputs', to keep input order
         self._next = 0
@@ -364,7 +460,7 @@ class Runner:
         suffix = self.pipeline.saver.suffix()
         jobs: list[Job] = []
         for raw, reason in missing:
-            self._emit(Outcome(Job(raw, raw, Path()), "failed", reason))
+            self._planned(Outcome(Job(raw, raw, Path()), "failed", reason))
         # A file named twice, named and inside a folder also named, or reached through a symbolic link
         # and by its own path is processed once: where it is reached without a link if it is, else first.
         chosen: dict[Path, object] = {}
@@ -380,14 +476,20 @@ class Runner:
             output = self.outdir / f.relative.with_suffix(suffix)
             job = Job(str(f.path), f.relative.with_suffix("").as_posix(), output, f.path)
             if output.resolve() == resolved:
-                self._emit(Outcome(job, "failed", "the output would overwrite the input; choose another output folder"))
+                self._planned(Outcome(job, "failed", "the output would overwrite the input; choose another output folder"))
             elif output in claimed:
-                self._emit(Outcome(job, "failed", f"output {output} is also the output of {claimed[output]}; "
-                                                  "rename one"))
+                self._planned(Outcome(job, "failed", f"output {output} is also the output of {claimed[output]}; "
+                                                     "rename one"))
             else:
                 claimed[output] = job.label
                 jobs.append(job)
         return jobs
+
+    def _planned(self, outcome: Outcome) -> None:
+        """An input that failed before running: under torchrun, rank 0 reports it, once."""
+        self.planned_failures += 1
+        if self.shard.rank == 0:
+            self._emit(outcome)
 
     def plan_generated(self, count: int) -> list[Job]:
         suffix = self.pipeline.saver.suffix()
@@ -404,7 +506,10 @@ class Runner:
         except OSError as exc:
             reason = os_reason(exc) if exc.errno else exc
             raise TransmuteError(f"{self.outdir}: cannot create the output folder ({reason})") from None
-        self.report.removed_temporaries = remove_stale_temporaries(self.outdir)
+        # Under torchrun, rank 0 removes what killed runs left, and only when every rank is on this machine:
+        # a temporary file's PID says nothing about a process on another machine sharing the folder.
+        if self.shard.rank == 0 and self.shard.one_machine:
+            self.report.removed_temporaries = remove_stale_temporaries(self.outdir)
         if self.device.startswith("cuda"):
             _set_tf32(self.tf32)
         for stage in self.pipeline.stages:

@@ -9,3 +9,10 @@ def register_stages(register):
 
     for stage in STAGES:
         register(stage)
+
+
+@hookimpl
+def register_commands(cli):
+    from transmute_image.commands import translate_images_command
+
+    cli.add_command(translate_images_command)
