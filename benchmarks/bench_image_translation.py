@@ -151,6 +151,25 @@ def agreement(ours: Path, peer: Path) -> tuple[int, float]:
     return largest, close / total
 
 
+def per_image_ms(report, stage: str) -> float:
+    return 1000 * float(np.mean([o.timings.get(stage, 0.0) for o in report.written]))
+
+
+def network_ms(net, batch_size: int, device) -> float:
+    """The network's forward alone, ms per image at batch_size: the most batching can save."""
+    import torch
+
+    x = torch.zeros(batch_size, 3, SIDE, SIDE, device=device).uniform_(-1, 1)
+
+    def once(_run):
+        with torch.inference_mode():
+            y = net(x)
+        if y.is_cuda:
+            torch.cuda.synchronize()
+
+    return 1000 * common.best_of(once).best_s / batch_size
+
+
 def matmul_gflops(device) -> float:
     """A plain fp32 matmul's GFLOP/s on this machine and thread count: best of 3 after a warm-up."""
     import torch
@@ -217,11 +236,17 @@ def throughput(count: int | None) -> common.Row:
             print(f"{'transmute.run, batch %d' % batch_size:32}: {count / (time.perf_counter() - start):6.2f} "
                   "images/s  (1 run)")
         print(f"{'reference loop, batch 1':32}: {peer_rate:6.2f} images/s  ({peer_timing.label})")
+        print(f"where our time goes, per image: load {per_image_ms(report, 'load'):.1f} ms and save "
+              f"{per_image_ms(report, 'save'):.1f} ms (on the worker threads, beside the compute), compute "
+              f"{per_image_ms(report, 'compute'):.1f} ms (its share of a batch)")
+        alone = {n: network_ms(net, n, device) for n in sorted({1, default_batch})}
+        print("the network alone, no files: " + ", ".join(f"batch {n} {ms:.1f} ms per image" for n, ms in alone.items()))
         peak = matmul_gflops(device)
         ours_gflops, peer_gflops = flops * ours_rate / 1e9, flops * peer_rate / 1e9
-        print(f"achieved: transmute {ours_gflops:.1f} GFLOP/s, reference loop {peer_gflops:.1f} GFLOP/s; "
-              f"{MATMUL_N}x{MATMUL_N} fp32 matmul {peak:.1f} GFLOP/s -> {ours_gflops / peak:.0%} and "
-              f"{peer_gflops / peak:.0%} of it")
+        print(f"achieved: transmute {ours_gflops:.1f} GFLOP/s, reference loop {peer_gflops:.1f} GFLOP/s, the "
+              f"network alone at batch {default_batch} {flops / alone[default_batch] / 1e6:.1f} GFLOP/s; "
+              f"{MATMUL_N}x{MATMUL_N} fp32 matmul {peak:.1f} GFLOP/s -> {ours_gflops / peak:.0%}, "
+              f"{peer_gflops / peak:.0%} and {flops / alone[default_batch] / 1e6 / peak:.0%} of it")
         agree = share >= AGREE_SHARE
         print(f"outputs: largest difference {largest} levels; {share:.4%} of values within 1 level "
               f"(need {AGREE_SHARE:.1%})")
