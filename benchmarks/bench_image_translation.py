@@ -155,19 +155,21 @@ def per_image_ms(report, stage: str) -> float:
     return 1000 * float(np.mean([o.timings.get(stage, 0.0) for o in report.written]))
 
 
-def network_ms(net, batch_size: int, device) -> float:
-    """The network's forward alone, ms per image at batch_size: the most batching can save."""
+def network_ms(net, batch_size: int, device, bf16: bool = False):
+    """The network's forward alone: (ms per image at batch_size, the output). bf16: under bfloat16 autocast."""
     import torch
 
-    x = torch.zeros(batch_size, 3, SIDE, SIDE, device=device).uniform_(-1, 1)
+    x = torch.rand(batch_size, 3, SIDE, SIDE, generator=torch.Generator().manual_seed(SEED)).to(device) * 2 - 1
 
     def once(_run):
-        with torch.inference_mode():
-            y = net(x)
+        with torch.inference_mode(), torch.autocast(x.device.type, torch.bfloat16, enabled=bf16):
+            y = net(x).float()
         if y.is_cuda:
             torch.cuda.synchronize()
+        return y
 
-    return 1000 * common.best_of(once).best_s / batch_size
+    timing = common.best_of(once)
+    return 1000 * timing.best_s / batch_size, timing.results[-1]
 
 
 def matmul_gflops(device) -> float:
@@ -239,8 +241,15 @@ def throughput(count: int | None) -> common.Row:
         print(f"where our time goes, per image: load {per_image_ms(report, 'load'):.1f} ms and save "
               f"{per_image_ms(report, 'save'):.1f} ms (on the worker threads, beside the compute), compute "
               f"{per_image_ms(report, 'compute'):.1f} ms (its share of a batch)")
-        alone = {n: network_ms(net, n, device) for n in sorted({1, default_batch})}
+        alone = {n: network_ms(net, n, device)[0] for n in sorted({1, default_batch})}
         print("the network alone, no files: " + ", ".join(f"batch {n} {ms:.1f} ms per image" for n, ms in alone.items()))
+        # Not what transmute runs: how much lower precision would buy, and what it costs in 8-bit levels.
+        _, fp32 = network_ms(net, default_batch, device)
+        bf16_ms, bf16 = network_ms(net, default_batch, device, bf16=True)
+        levels = ((fp32 + 1) * 127.5).round().sub_(((bf16 + 1) * 127.5).round()).abs_()
+        print(f"  in bfloat16 autocast (not used): batch {default_batch} {bf16_ms:.1f} ms per image, "
+              f"{alone[default_batch] / bf16_ms:.2f}x fp32's; against fp32 up to {levels.max():.0f} levels, "
+              f"{(levels > 1).float().mean():.3%} of values more than 1")
         peak = matmul_gflops(device)
         ours_gflops, peer_gflops = flops * ours_rate / 1e9, flops * peer_rate / 1e9
         print(f"achieved: transmute {ours_gflops:.1f} GFLOP/s, reference loop {peer_gflops:.1f} GFLOP/s, the "
