@@ -241,21 +241,22 @@ def throughput(count: int | None) -> common.Row:
         print(f"where our time goes, per image: load {per_image_ms(report, 'load'):.1f} ms and save "
               f"{per_image_ms(report, 'save'):.1f} ms (on the worker threads, beside the compute), compute "
               f"{per_image_ms(report, 'compute'):.1f} ms (its share of a batch)")
-        alone = {n: network_ms(net, n, device)[0] for n in sorted({1, default_batch})}
-        print("the network alone, no files: " + ", ".join(f"batch {n} {ms:.1f} ms per image" for n, ms in alone.items()))
+        alone = {n: network_ms(net, n, device) for n in sorted({1, default_batch})}
+        print("the network alone, no files: " + ", ".join(f"batch {n} {ms:.1f} ms per image"
+                                                          for n, (ms, _) in alone.items()))
         # Not what transmute runs: how much lower precision would buy, and what it costs in 8-bit levels.
-        _, fp32 = network_ms(net, default_batch, device)
+        net_ms, fp32 = alone[default_batch]
         bf16_ms, bf16 = network_ms(net, default_batch, device, bf16=True)
         levels = ((fp32 + 1) * 127.5).round().sub_(((bf16 + 1) * 127.5).round()).abs_()
         print(f"  in bfloat16 autocast (not used): batch {default_batch} {bf16_ms:.1f} ms per image, "
-              f"{alone[default_batch] / bf16_ms:.2f}x fp32's; against fp32 up to {levels.max():.0f} levels, "
+              f"{net_ms / bf16_ms:.2f}x fp32's; against fp32 up to {levels.max():.0f} levels, "
               f"{(levels > 1).float().mean():.3%} of values more than 1")
         peak = matmul_gflops(device)
         ours_gflops, peer_gflops = flops * ours_rate / 1e9, flops * peer_rate / 1e9
         print(f"achieved: transmute {ours_gflops:.1f} GFLOP/s, reference loop {peer_gflops:.1f} GFLOP/s, the "
-              f"network alone at batch {default_batch} {flops / alone[default_batch] / 1e6:.1f} GFLOP/s; "
+              f"network alone at batch {default_batch} {flops / net_ms / 1e6:.1f} GFLOP/s; "
               f"{MATMUL_N}x{MATMUL_N} fp32 matmul {peak:.1f} GFLOP/s -> {ours_gflops / peak:.0%}, "
-              f"{peer_gflops / peak:.0%} and {flops / alone[default_batch] / 1e6 / peak:.0%} of it")
+              f"{peer_gflops / peak:.0%} and {flops / net_ms / 1e6 / peak:.0%} of it")
         agree = share >= AGREE_SHARE
         print(f"outputs: largest difference {largest} levels; {share:.4%} of values within 1 level "
               f"(need {AGREE_SHARE:.1%})")
