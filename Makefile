@@ -14,7 +14,7 @@ SYSTEM_PACKAGES := festival festvox-kallpc16k festvox-us-slt-hts
 # The built-in converter's name (DEFAULT_MODEL in plugins/transmute_cyclegan_vc/__init__.py).
 BUILTIN_MODEL := kal-slt
 
-.PHONY: venv system-packages demo test test-fast bench corpus images-data model clean
+.PHONY: venv system-packages demo test test-fast bench corpus images-data model model-openmoji model-emoji clean
 
 venv: $(STAMP)
 
@@ -66,6 +66,19 @@ model: $(STAMP) corpus
 	$(BIN)/transmute train cyclegan-vc --a data/festival/train/kal --b data/festival/train/slt \
 	  --preset small --seed 0 --out runs/$(BUILTIN_MODEL) $(if $(wildcard runs/$(BUILTIN_MODEL)/checkpoints/last.safetensors),--resume)
 	cp runs/$(BUILTIN_MODEL)/model.safetensors plugins/transmute_cyclegan_vc/models/$(BUILTIN_MODEL).safetensors
+
+# Reproduce the built-in image translators (about an hour each on 2 CPU cores;
+# run one at a time, or both with OMP_NUM_THREADS=1 to share the cores).
+model-openmoji: $(STAMP) images-data
+	$(BIN)/transmute train pix2pix --data data/openmoji --preset small --seed 0 --name-a "line art" --name-b colour \
+	  --out runs/openmoji-color $(if $(wildcard runs/openmoji-color/checkpoints/last.safetensors),--resume)
+	cp runs/openmoji-color/model.safetensors plugins/transmute_pix2pix/models/openmoji-color.safetensors
+
+model-emoji: $(STAMP) images-data
+	$(BIN)/transmute train cyclegan --data data/emoji-google-twitter --preset small --seed 0 --name-a google \
+	  --name-b twitter --out runs/emoji-google-twitter \
+	  $(if $(wildcard runs/emoji-google-twitter/checkpoints/last.safetensors),--resume)
+	cp runs/emoji-google-twitter/model.safetensors plugins/transmute_cyclegan/models/emoji-google-twitter.safetensors
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py

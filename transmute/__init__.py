@@ -11,7 +11,7 @@ __version__ = "0.1.0"
 # plugin API). The minor grows when something is added, the major when something a
 # plugin may use changes or goes. A plugin states what it needs with
 # `requires_api = ">=1.0"` in its entry-point module.
-PLUGIN_API_VERSION = "1.0"
+PLUGIN_API_VERSION = "1.1"
 
 # The modules a plugin's own code may import (docs/writing-plugins.md, "The plugin
 # API"). Everything else (transmute.plugins, transmute.runner, ...)
@@ -29,6 +29,7 @@ PLUGIN_API_MODULES = (
     "transmute.files",  # finding inputs, atomic writes
     "transmute.checkpoint",  # safetensors checkpoints with metadata
     "transmute.training",  # the training loop a model family plugs into
+    "transmute.imagedata",  # image translation data sets: layouts, augmentation, PairedImages, UnpairedImages
     "transmute.gan",  # adversarial losses, the CycleGAN objective, history buffer, PatchGAN, LR decay
     "transmute.pipeline",  # building pipelines from files or dicts
     "transmute.viz",  # spectrogram PNGs for training samples

@@ -153,7 +153,7 @@ class Augment:
                 patch = canvas
             if flip:
                 patch = patch[:, ::-1]
-            tensor = torch.from_numpy(np.ascontiguousarray(patch)).permute(2, 0, 1).float()
+            tensor = torch.from_numpy(np.array(patch)).permute(2, 0, 1).float()  # a writable copy
             out.append(tensor.div_(127.5).sub_(1.0))
         return out
 
@@ -217,6 +217,11 @@ class UnpairedImages(TrainingData):
         a = self.augment([read_rgb(self.files["a"][index["a"]])], rng)[0]
         b = self.augment([read_rgb(self.files["b"][index["b"]])], rng)[0]
         return {"a": a, "b": b}
+
+
+def spread(count: int, wanted: int) -> list[int]:
+    """Up to `wanted` indices spread evenly over range(count): which items a sample grid shows."""
+    return sorted({i * count // wanted for i in range(min(count, wanted))})
 
 
 def to_uint8(batch):

@@ -231,3 +231,48 @@ def _spans(length: int, tile: int, overlap: int) -> list[_Span]:
         after = start + tile - starts[j + 1] if j + 1 < len(starts) else 0
         spans.append(_Span(start, tile, before, after, overlap))
     return spans
+
+
+# --------------------------------------------------------------------------- a family's translation stage
+
+from transmute.stages import Param, Stage  # noqa: E402 - the stage base below; light, no torch
+
+
+class ImageTranslationStage(Stage):
+    """Base of a family's Images -> Images translation stage (pix2pix.translate, cyclegan.translate).
+
+    A subclass sets `name`, a docstring, `params` (TRANSLATION_PARAMS plus its
+    own, e.g. model and direction) and `load_network(device)`, which returns
+    the generator (in eval mode, on the device) and the crop size it was
+    trained at. Everything else (spec check, tiling, alpha, value range) is
+    apply_image_network's.
+    """
+
+    consumes = Images
+    produces = Images
+
+    def load_network(self, device) -> tuple[Callable, int]:
+        raise NotImplementedError
+
+    def check(self, incoming: ImageSpec) -> ImageSpec:
+        self.require("value_range", (-1.0, 1.0), incoming.value_range,
+                     "set value_range = [-1, 1] on the images.load stage")
+        return ImageSpec("RGBA" if incoming.mode == "RGBA" else "RGB", (-1.0, 1.0))
+
+    def setup(self, device) -> None:
+        super().setup(device)
+        self.net, self.trained_size = self.load_network(device)
+
+    def process(self, signal: Images) -> Images:
+        return apply_image_network(signal, self.net, channels=3, multiple=getattr(self.net, "multiple", 1),
+                                   tile=self.tile or 4 * self.trained_size, overlap=self.overlap,
+                                   background=self.background, device=self.device)
+
+
+TRANSLATION_PARAMS = {
+    "tile": Param(int, 0, "images larger than this many pixels a side go through in overlapping tiles "
+                  "(0: the model's training size x 4)", min=0),
+    "overlap": Param(int, 32, "pixels that neighbouring tiles share, blended", min=0),
+    "background": Param(float, 1.0, "what transparent pixels are composited onto before translating "
+                        "(1: white, 0: black); the alpha itself is kept", min=0.0, max=1.0),
+}

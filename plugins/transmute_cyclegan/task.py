@@ -9,7 +9,7 @@ import torch
 from transmute.checkpoint import Checkpoint
 from transmute.errors import TransmuteError
 from transmute.gan import CycleObjective, HistoryBuffer, PatchDiscriminator, init_weights, linear_decay, patch_layers
-from transmute.imagedata import Augment, UnpairedImages
+from transmute.imagedata import Augment, UnpairedImages, spread
 from transmute.signals import ImageSpec
 from transmute.training import Context, Task
 
@@ -92,7 +92,9 @@ class CycleGANTask(Task):
             def integers(self, high):
                 return (high - 1) // 2
 
-        self.sample_images = {key: torch.stack([centre([read_rgb(p)], _Middle())[0] for p in paths[:SAMPLES]])
+        # Samples: the same few images every time, spread over the data set, centre-cropped, unflipped.
+        self.sample_images = {key: torch.stack([centre([read_rgb(paths[i])], _Middle())[0]
+                                                for i in spread(len(paths), SAMPLES)])
                               for key, paths in self.files.items()}
 
     def modules(self):

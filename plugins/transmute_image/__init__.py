@@ -1,4 +1,5 @@
-"""Built-in image plugin: load any Pillow-readable file, fit to a multiple of N, save PNG/JPEG/WebP."""
+"""Built-in image plugin: load any Pillow-readable file, fit to a multiple of N, save PNG/JPEG/WebP;
+`transmute translate-images` and `transmute eval images`."""
 
 from transmute.hookspecs import hookimpl
 
@@ -9,6 +10,13 @@ def register_stages(register):
 
     for stage in STAGES:
         register(stage)
+
+
+@hookimpl
+def register_evaluators(register):
+    from transmute_image.evaluate import eval_images_command
+
+    register(eval_images_command)
 
 
 @hookimpl

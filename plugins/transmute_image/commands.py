@@ -71,7 +71,8 @@ def translation_pipeline(model: str, direction: str | None = None, tile: int | N
     [step] = [s for s in doc["stage"] if s.get("name") == TRANSLATE]
     step.update(use=use, model=str(model))
     if direction is not None:
-        if "direction" in stage.params:
+        takes = stage.params.get("direction")
+        if takes is not None and (takes.choices is None or direction in takes.choices):
             step["direction"] = direction
         elif direction != "AtoB":
             raise TransmuteError(f"--direction {direction}: model {model} is a {family} model, which translates "

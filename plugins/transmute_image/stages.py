@@ -14,6 +14,7 @@ from pathlib import Path
 
 from transmute.errors import InputError, InputWarning, PipelineError, TransmuteError
 from transmute.files import check_readable
+from transmute.imaging import pad_bottom_right
 from transmute.signals import File, Images, ImageSpec
 from transmute.stages import Param, ParamError, Stage
 
@@ -200,19 +201,6 @@ class LoadImages(Stage):
         return Images(data, self.check(None), [path.stem], [size], [size])
 
 
-def _pad(data, bottom: int, right: int, mode: str):
-    """Pad (batch, C, H, W) at the bottom and right; reflect falls back to replicate when too small."""
-    import torch.nn.functional as F
-
-    if mode == "constant":
-        return F.pad(data, (0, right, 0, bottom)) if bottom or right else data
-    for pads, extent in (((0, right, 0, 0), data.shape[-1]), ((0, 0, 0, bottom), data.shape[-2])):
-        amount = max(pads)
-        if amount:
-            data = F.pad(data, pads, mode="reflect" if mode == "reflect" and amount < extent else "replicate")
-    return data
-
-
 class FitImages(Stage):
     """Make every image's height and width a multiple of N (what most networks need), reversibly."""
 
@@ -233,7 +221,7 @@ class FitImages(Stage):
         for item in signal.items():
             h, w = item.sizes[0]
             if self.method == "pad":
-                data = _pad(item.data, -h % n, -w % n, self.pad_mode)
+                data = pad_bottom_right(item.data, -h % n, -w % n, self.pad_mode)
                 items.append(item.replace(data=data))  # sizes stay the content's: the saver crops back
             else:
                 size = (max(n, (h + n // 2) // n * n), max(n, (w + n // 2) // n * n))
@@ -256,6 +244,8 @@ class SaveImages(Stage):
         "quality": Param(int, 95, "JPEG/WebP quality, 1 (smallest) to 100 (best); PNG is lossless", min=1, max=100),
         "restore_size": Param(bool, True, "scale an image a stage resized back to its size when loaded"),
         "bit_depth": Param(int, 8, "bits per channel; 16 only for single-channel (L) PNG", choices=(8, 16)),
+        "alpha": Param(str, "auto", "'auto' writes an alpha channel only where an image has a pixel that is not "
+                       "fully opaque; 'keep' always writes the alpha it has", choices=("auto", "keep")),
     }
 
     def __init__(self, label=None, **values):
@@ -289,6 +279,8 @@ class SaveImages(Stage):
         # exact in float32, and float64 copies cost more memory than the image.
         low, high = item.spec.value_range
         unit = data[0].sub(low).div_(high - low).clamp_(0, 1)
+        if self.alpha == "auto" and channels in (2, 4) and bool((unit[-1] >= 1 - 0.5 / 255).all()):
+            unit, channels = unit[:-1], channels - 1  # opaque throughout: the alpha says nothing
         if self.format == "jpeg" and channels in (2, 4):  # JPEG has no alpha: composite on white
             alpha = unit[-1:]
             unit = unit[:-1].mul_(alpha).add_(1.0).sub_(alpha)

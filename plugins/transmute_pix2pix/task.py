@@ -10,7 +10,7 @@ from transmute.checkpoint import Checkpoint
 from transmute.errors import TransmuteError
 from transmute.gan import PatchDiscriminator, adversarial_loss, discriminator_loss, init_weights, linear_decay, \
     patch_layers
-from transmute.imagedata import Augment, Pair, PairedImages
+from transmute.imagedata import Augment, Pair, PairedImages, spread
 from transmute.signals import ImageSpec
 from transmute.training import Context, Task
 
@@ -71,11 +71,11 @@ class Pix2PixTask(Task):
                     for name, net in self.nets.items()}
         decay = linear_decay(h["steps"], h["decay_from"])
         self.sched = {name: torch.optim.lr_scheduler.LambdaLR(opt, decay) for name, opt in self.opt.items()}
-        # Samples: the same few pairs every time, centre-cropped, unflipped.
+        # Samples: the same few pairs every time, spread over the data set, centre-cropped, unflipped.
         data = self.data()
         augment = Augment(h["crop_size"], h["crop_size"], flip=False)
         self.sample_pairs = []
-        for i in range(min(SAMPLES, len(self.pairs))):
+        for i in spread(len(self.pairs), SAMPLES):
             a, b = augment(list(data.read(i)), _Centre())
             self.sample_pairs.append((a, b))
 
