@@ -190,6 +190,7 @@ def matmul_gflops(device) -> float:
 def throughput(count: int | None) -> common.Row:
     import torch
 
+    from transmute.pipeline import read_pipeline
     from transmute.runner import _set_tf32, default_workers
     from transmute_pix2pix.stages import load_generator
 
@@ -227,7 +228,7 @@ def throughput(count: int | None) -> common.Row:
         ours_rate, peer_rate = count / main_timing.best_s, count / peer_timing.best_s
         ours_out, report = main_timing.results[-1]
         largest, share = agreement(ours_out, peer_timing.results[-1])
-        default_batch = max(report.batch_sizes)  # the pipeline's batch_size, or GPU_BATCH
+        default_batch = headline or read_pipeline("image-translation")[0]["pipeline"]["batch_size"]
         print(f"{'transmute.run, batch %d%s' % (default_batch, ' (default)' if headline is None else ''):32}: "
               f"{ours_rate:6.2f} images/s  ({main_timing.label})")
         for batch_size in batches:
