@@ -31,8 +31,12 @@ demo: $(STAMP)
 	$(BIN)/transmute run resynthesize examples/speech -o demo-out/resynthesize
 	$(BIN)/transmute convert-voice examples/speech/kal-*.wav -o demo-out/kal-to-slt
 	$(BIN)/transmute convert-voice --direction b2a examples/speech/slt-*.wav -o demo-out/slt-to-kal
+	$(BIN)/transmute translate-images examples/images/line-art -o demo-out/line-art-to-colour
+	$(BIN)/transmute translate-images --model emoji-google-twitter examples/images/google -o demo-out/google-to-twitter
 	@echo "Listen: demo-out/resynthesize/ (through log-mel and back), demo-out/kal-to-slt/ and"
 	@echo "demo-out/slt-to-kal/ (voice conversion with the built-in model); originals in examples/speech/"
+	@echo "Look: demo-out/line-art-to-colour/ (pix2pix, openmoji-color) and demo-out/google-to-twitter/"
+	@echo "(CycleGAN, emoji-google-twitter); originals in examples/images/"
 
 # Installs the festival voices with apt-get where it can (root or password-less
 # sudo); elsewhere the tests that need them are skipped, with the reason.
@@ -74,10 +78,13 @@ model-openmoji: $(STAMP) images-data
 	  --out runs/openmoji-color $(if $(wildcard runs/openmoji-color/checkpoints/last.safetensors),--resume)
 	cp runs/openmoji-color/model.safetensors plugins/transmute_pix2pix/models/openmoji-color.safetensors
 
+# The CycleGAN ran its preset's 10,000 steps, then was resumed to 16,000 (the
+# learning rate then follows the stretched decay); both steps are repeated here.
+EMOJI_RUN := $(BIN)/transmute train cyclegan --data data/emoji-google-twitter --preset small --seed 0 \
+	  --name-a google --name-b twitter --out runs/emoji-google-twitter
 model-emoji: $(STAMP) images-data
-	$(BIN)/transmute train cyclegan --data data/emoji-google-twitter --preset small --seed 0 --name-a google \
-	  --name-b twitter --out runs/emoji-google-twitter \
-	  $(if $(wildcard runs/emoji-google-twitter/checkpoints/last.safetensors),--resume)
+	$(EMOJI_RUN) --steps 10000 $(if $(wildcard runs/emoji-google-twitter/checkpoints/last.safetensors),--resume)
+	$(EMOJI_RUN) --steps 16000 --resume
 	cp runs/emoji-google-twitter/model.safetensors plugins/transmute_cyclegan/models/emoji-google-twitter.safetensors
 
 bench: $(STAMP)
