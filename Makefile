@@ -48,11 +48,18 @@ system-packages:
 	else echo "note: no festival voices and no apt-get rights: festival tests will be skipped ($(SYSTEM_PACKAGES))"; fi
 
 # One pytest worker per core (pytest-xdist): the tests run torch on one thread each.
+# numba compiles librosa's kernels (yin, dtw) on first use; a fresh venv's first
+# compile inside a pytest-xdist worker crashed it (a segmentation fault) in 2 of 3
+# fresh-clone runs, so they are compiled into librosa's cache once, up front.
+WARM_NUMBA := $(BIN)/python -c 'import numpy as n, librosa as l; x = n.random.default_rng(0).standard_normal(8192).astype("float32"); l.yin(x, fmin=50, fmax=500, sr=22050); l.sequence.dtw(X=n.ones((3, 5)), Y=n.ones((3, 6)))'
+
 test: $(STAMP) system-packages
+	$(WARM_NUMBA)
 	$(BIN)/python -m pytest -q -n auto
 
 # While editing: everything but the tests marked slow (CI and `make test` run those too).
 test-fast: $(STAMP)
+	$(WARM_NUMBA)
 	$(BIN)/python -m pytest -q -n auto -m "not slow"
 
 # The two-speaker corpus the built-in converter is trained on (data/festival/).

@@ -13,14 +13,6 @@ import pytest
 # Set OMP_NUM_THREADS yourself to choose otherwise.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-# numba (librosa's yin and other kernels) caches compiled code beside librosa in
-# site-packages. Two pytest-xdist workers compiling the same kernel into a fresh
-# venv's empty cache at once can leave one reading the other's half-written file:
-# a segmentation fault seen in a fresh-clone CI run. Each worker keeps its own
-# cache (warm from the second run on).
-os.environ.setdefault("NUMBA_CACHE_DIR", str(Path(__file__).resolve().parent.parent / ".pytest_cache" / "numba"
-                                             / os.environ.get("PYTEST_XDIST_WORKER", "main")))
-
 # --------------------------------------------------------------------------- plugin packages
 # Plugins are installed with pip into throw-away --target folders (never into
 # the venv) and exercised through `python -m transmute` in subprocesses whose

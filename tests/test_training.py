@@ -137,6 +137,13 @@ def test_two_processes_with_torchrun_and_gloo(tmp_path):
         # One file per rank: two ranks printing to one stdout interleave their lines.
         Path({str(tmp_path)!r}, "rank-" + os.environ["RANK"]).write_text(
             f"{{task.wrapped.__class__.__name__}} {{float(task.net.weight.detach())}}")
+        # Leave as a program should: the DDP wrapper first, then the group. A gloo group left to
+        # interpreter shutdown can abort a rank ("terminate called without an active exception").
+        del task
+        import gc
+        gc.collect()
+        dist.barrier()
+        dist.destroy_process_group()
     """))
     env = {k: v for k, v in os.environ.items() if not k.startswith("TRANSMUTE_")}
     env["OMP_NUM_THREADS"] = "1"
