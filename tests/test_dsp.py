@@ -185,3 +185,34 @@ def test_mel_bands_go_back_to_the_same_features():
 def test_magnitudes_to_features_wants_linear_bins():
     with pytest.raises(ValueError, match="needs 513 linear bins \\(n_fft 1024\\), got 80"):
         dsp.magnitudes_to_features(torch.ones(1, 80, 4), FeatureSpec())
+
+
+@pytest.mark.parametrize("sr, n_fft, n_mels, fmin, fmax, htk, norm", [
+    (22050, 1024, 80, 0.0, 8000.0, False, "slaney"),
+    (22050, 1024, 80, 0.0, 11025.0, False, "slaney"),
+    (16000, 512, 40, 50.0, 7600.0, False, "none"),
+    (44100, 2048, 128, 20.0, 22050.0, True, "slaney"),
+    (24000, 1024, 100, 0.0, 12000.0, True, "none"),
+    (8000, 256, 64, 0.0, 4000.0, False, "slaney"),  # more bands than the low bins can fill
+])
+def test_mel_filter_bank_is_librosas(sr, n_fft, n_mels, fmin, fmax, htk, norm):
+    import warnings
+
+    import librosa
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # librosa warns about empty filters in the last case
+        expected = librosa.filters.mel(sr=sr, n_fft=n_fft, n_mels=n_mels, fmin=fmin, fmax=fmax, htk=htk,
+                                       norm=None if norm == "none" else norm)
+    ours = dsp._mel_basis_cpu(sr, n_fft, n_mels, fmin, fmax, htk, norm).numpy()
+    assert ours.dtype == expected.dtype and ours.shape == expected.shape
+    np.testing.assert_array_equal(ours, expected)
+
+
+def test_mel_features_do_not_import_librosa(run_python):
+    code = ("import sys, torch; from transmute import dsp; from transmute.signals import FeatureSpec; "
+            "dsp.features(torch.randn(1, 4000), FeatureSpec()); "
+            "print(sorted(m for m in ('librosa', 'scipy.signal', 'numba') if m in sys.modules))")
+    result = run_python(["-c", code])
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"

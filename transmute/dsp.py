@@ -3,8 +3,8 @@
 Everything here is batched torch code that runs on any device and respects
 per-item lengths: each item is padded as if it were alone (centre padding is
 done per item, the overlap-add envelope is computed per item), so a batch gives
-the same numbers as its items one by one. Mel filter banks come from librosa,
-the reference implementation most vocoders share.
+the same numbers as its items one by one. Mel filter banks are librosa's (the
+reference most vocoders share), computed here as librosa computes them.
 
 Every family plugin that needs spectrograms calls these functions with the
 FeatureSpec it was trained on; nothing else in the project computes an STFT.
@@ -46,15 +46,51 @@ def window(spec: FeatureSpec, device=None, dtype=torch.float32) -> torch.Tensor:
     return _window_cpu(spec.window, spec.win_length, spec.n_fft).to(device=device, dtype=dtype)
 
 
+def hz_to_mel(hz, htk: bool = False):
+    """librosa.hz_to_mel: the HTK formula, or Slaney's (linear to 1 kHz, logarithmic above)."""
+    import numpy as np
+
+    hz = np.asarray(hz, dtype=np.float64)
+    if htk:
+        return 2595.0 * np.log10(1.0 + hz / 700.0)
+    f_sp, min_log_hz = 200.0 / 3, 1000.0
+    min_log_mel, logstep = min_log_hz / f_sp, np.log(6.4) / 27.0
+    mels = hz / f_sp
+    above = hz >= min_log_hz
+    return np.where(above, min_log_mel + np.log(np.maximum(hz, min_log_hz) / min_log_hz) / logstep, mels)
+
+
+def mel_to_hz(mels, htk: bool = False):
+    """librosa.mel_to_hz, the inverse of hz_to_mel."""
+    import numpy as np
+
+    mels = np.asarray(mels, dtype=np.float64)
+    if htk:
+        return 700.0 * (10.0 ** (mels / 2595.0) - 1.0)
+    f_sp, min_log_hz = 200.0 / 3, 1000.0
+    min_log_mel, logstep = min_log_hz / f_sp, np.log(6.4) / 27.0
+    return np.where(mels >= min_log_mel, min_log_hz * np.exp(logstep * (mels - min_log_mel)), f_sp * mels)
+
+
 @functools.lru_cache(maxsize=32)
 def _mel_basis_cpu(sr, n_fft, n_mels, fmin, fmax, htk, norm) -> torch.Tensor:
-    import librosa
+    """librosa.filters.mel, step for step (its float32 rounding included; tests/test_dsp.py checks every
+    option against librosa). Written out because importing librosa.filters pulls in scipy.signal and numba,
+    about a second of every command's start-up, for one small matrix."""
+    import numpy as np
 
-    basis = librosa.filters.mel(
-        sr=sr, n_fft=n_fft, n_mels=n_mels, fmin=fmin, fmax=fmax, htk=htk,
-        norm=None if norm == "none" else norm,
-    )
-    return torch.from_numpy(basis).to(torch.float32)
+    fft_freqs = np.fft.rfftfreq(n=n_fft, d=1.0 / sr)
+    mel_f = mel_to_hz(np.linspace(hz_to_mel(fmin, htk), hz_to_mel(fmax, htk), n_mels + 2), htk)
+    fdiff = np.diff(mel_f)
+    ramps = np.subtract.outer(mel_f, fft_freqs)
+    weights = np.zeros((n_mels, 1 + n_fft // 2), dtype=np.float32)
+    for i in range(n_mels):
+        lower = -ramps[i] / fdiff[i]
+        upper = ramps[i + 2] / fdiff[i + 1]
+        weights[i] = np.maximum(0, np.minimum(lower, upper))
+    if norm == "slaney":  # equal area per filter
+        weights *= (2.0 / (mel_f[2 : n_mels + 2] - mel_f[:n_mels]))[:, np.newaxis]
+    return torch.from_numpy(weights)
 
 
 def mel_basis(spec: FeatureSpec, device=None, dtype=torch.float32) -> torch.Tensor:
@@ -114,6 +150,11 @@ def _pad_items(x: torch.Tensor, lengths: Sequence[int], pad: int, mode: str,
 
 
 # --------------------------------------------------------------------------- STFT
+
+
+def _needs_grad(x: torch.Tensor) -> bool:
+    return x.requires_grad and torch.is_grad_enabled()
+
 # Inside this module spectra are kept as (batch, frames, bins), contiguous along
 # the FFT axis; the public functions return (batch, bins, frames).
 
@@ -154,6 +195,13 @@ class _Frames:
     def analyse(self, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         """(batch, samples) -> (batch, frames, bins) complex; frames past an item's count are zero."""
         spec = self.spec
+        if _needs_grad(x):  # a training loss: fresh tensors, no out= buffers (autograd cannot go through them)
+            padded = _pad_items(x, self.samples, self.pad, spec.pad_mode)
+            frames = padded.unfold(-1, spec.n_fft, spec.hop_length)[:, : self.n_frames]
+            if frames.shape[1] < self.n_frames:
+                frames = torch.nn.functional.pad(frames, (0, 0, 0, self.n_frames - frames.shape[1]))
+            spectra = torch.fft.rfft(frames * self.win, dim=-1)
+            return spectra * self.mask if self.mask is not None else spectra
         _pad_items(x, self.samples, self.pad, spec.pad_mode, out=self.padded[:, : x.shape[1] + 2 * self.pad])
         frames = self.padded.unfold(-1, spec.n_fft, spec.hop_length)[:, : self.n_frames]
         torch.mul(frames, self.win, out=self.frames)
@@ -190,6 +238,18 @@ class _Frames:
 
     def synthesize(self, spectra: torch.Tensor) -> torch.Tensor:
         """(batch, frames, bins) complex -> (batch, samples) real, each item its own length."""
+        if _needs_grad(spectra):  # a vocoder in training: the same sums, out of place
+            frames = torch.fft.irfft(spectra, n=self.spec.n_fft, dim=-1) * self.win
+            if self.mask is not None:
+                frames = frames * self.mask
+            batch, n, n_fft = frames.shape
+            full = (n - 1) * self.spec.hop_length + n_fft
+            y = torch.nn.functional.fold(frames.transpose(1, 2), output_size=(1, full), kernel_size=(1, n_fft),
+                                         stride=(1, self.spec.hop_length)).view(batch, full) * self.inv_env
+            y = y[:, self.pad : self.pad + self.total]
+            if y.shape[1] < self.total:
+                y = torch.nn.functional.pad(y, (0, self.total - y.shape[1]))
+            return y * self.tail if self.tail is not None else y
         torch.fft.irfft(spectra, n=self.spec.n_fft, dim=-1, out=self.frames)
         self.frames.mul_(self.win)
         if self.mask is not None:
@@ -392,13 +452,15 @@ def griffin_lim(
     sample_lengths: Sequence[int] | None = None,
     n_iter: int = 32,
     momentum: float = 0.99,
-    init: str = "random",
+    init: "str | torch.Tensor" = "random",
     seed: int = 0,
     names: Sequence[str] | None = None,
 ) -> torch.Tensor:
     """Fast Griffin-Lim (Perraudin et al. 2013): (batch, bins, frames) magnitude -> audio.
 
-    Same update as librosa.griffinlim, batched, on any device.
+    Same update as librosa.griffinlim, batched, on any device. `init` is
+    "random", "zeros", or the initial phases themselves (batch, bins, frames),
+    e.g. a neural vocoder's, which a few iterations then make consistent.
     """
     batch, bins, n_frames = magnitude.shape
     if bins != spec.n_fft // 2 + 1:
@@ -412,7 +474,12 @@ def griffin_lim(
     magnitude = magnitude.float().transpose(1, 2).contiguous()
     if frames.mask is not None:
         magnitude.mul_(frames.mask)
-    angles = _initial_phase((batch, bins, n_frames), names, seed, init, device).transpose(1, 2).contiguous()
+    if isinstance(init, torch.Tensor):
+        if tuple(init.shape) != (batch, bins, n_frames):
+            raise ValueError(f"griffin_lim: initial phases of shape {tuple(init.shape)}, magnitudes {tuple(magnitude.shape)}")
+        angles = torch.polar(torch.ones_like(init, dtype=torch.float32), init.float()).transpose(1, 2).contiguous()
+    else:
+        angles = _initial_phase((batch, bins, n_frames), names, seed, init, device).transpose(1, 2).contiguous()
     spectra = torch.empty_like(angles)
     rebuilt, previous = torch.empty_like(angles), torch.zeros_like(angles)
     accel = momentum / (1.0 + momentum)
