@@ -170,9 +170,10 @@ def test_failing_plugins_are_listed_and_the_rest_works(transmute_cli_batch, ever
     plugins = plugins_by_name(as_json)
     assert {name: p["status"] for name, p in plugins.items()} == {
         "acme": "ok", "audio": "ok", "badhook": "failed", "broken": "failed", "clash": "ok", "echo": "ok",
-        "future": "failed", "cyclegan_vc": "ok", "images": "ok", "pipelines": "ok", "pix2pix": "ok", "cyclegan": "ok"}
+        "future": "failed", "cyclegan_vc": "ok", "images": "ok", "pipelines": "ok", "pix2pix": "ok", "cyclegan": "ok",
+        "vocoder": "ok"}
     assert {name for name, p in plugins.items() if p["builtin"]} == {"audio", "cyclegan_vc", "images", "pipelines",
-                                                                     "pix2pix", "cyclegan"}
+                                                                     "pix2pix", "cyclegan", "vocoder"}
     assert plugins["badhook"]["stages"] == []
 
     stages = ok(stages)
