@@ -342,3 +342,80 @@ def test_an_unusable_out_folder_is_said_before_the_recordings_are_read(speakers,
     assert result.exit_code == 1
     assert "reading" not in result.output
     assert f"{tmp_path / 'file' / 'run'}: cannot write to the run folder (not a directory)" in result.output
+
+
+# --------------------------------------------------------------------------- level and pauses (the built-in model)
+
+
+def _builtin_features(gain: float, noise_snr_db: float | None = None, pause_s: float = 0.0):
+    """Log-mels of examples/speech/kal-01.wav at peak `gain`, with pauses and white noise if asked."""
+    from transmute import dsp
+    from transmute.audio import read_audio
+    from transmute.checkpoint import model_feature_spec
+
+    spec = model_feature_spec("kal-slt").replace(normalization=None)
+    audio, _ = read_audio("examples/speech/kal-01.wav", spec.sample_rate)
+    speech = audio[:, 0] / np.abs(audio).max() * gain
+    pause = np.zeros(int(pause_s * SR), np.float32)
+    x = np.concatenate([pause, speech, pause])
+    if noise_snr_db is not None:
+        noise = np.random.default_rng(0).standard_normal(len(x))
+        x = x + noise * np.sqrt(np.mean(speech**2) / 10 ** (noise_snr_db / 10))
+    mel, _ = dsp.features(torch.from_numpy(x.astype(np.float32)).unsqueeze(0), spec)
+    return mel[0], spec
+
+
+def _convert(mel, spec, **params):
+    import math
+
+    from transmute_cyclegan_vc.stages import Convert
+
+    stage = Convert(**params)
+    stage.setup("cpu")
+    with torch.no_grad():
+        return stage.convert(mel, math.log(spec.log_floor))
+
+
+def _level_db(mel):
+    from transmute_cyclegan_vc.stages import frame_energy_db
+
+    energy = frame_energy_db(mel)
+    loud = energy > energy.max() - 30
+    return float(10 * torch.log10((10 ** (energy[loud] / 10)).mean()))
+
+
+@pytest.mark.slow
+def test_the_output_keeps_the_inputs_loudness_and_the_conversion_ignores_it():
+    loud, spec = _builtin_features(0.9)
+    quiet, _ = _builtin_features(0.01)  # -40 dBFS peak
+    out_loud, out_quiet = _convert(loud, spec), _convert(quiet, spec)
+    assert abs(_level_db(out_loud) - _level_db(loud)) < 1.5
+    assert abs(_level_db(out_quiet) - _level_db(quiet)) < 1.5  # not pulled up to the target's training level
+    # The same recording 39 dB quieter converts to the same voice: compare with the gain taken out.
+    shift = np.log(0.9 / 0.01)
+    active = out_loud.max(dim=0).values > out_loud.max() - 5 * np.log(10) / 2  # within 25 dB of the peak
+    difference_db = float((out_loud - shift - out_quiet)[:, active].abs().mean()) * 20 / np.log(10)
+    assert difference_db < 3.0, difference_db  # 4.8 dB before inputs were levelled (2.3 dB after)
+    # normalize: every input lands at the target speaker's training level.
+    normal_loud = _convert(loud, spec, loudness="normalize")
+    normal_quiet = _convert(quiet, spec, loudness="normalize")
+    assert abs(_level_db(normal_loud) - _level_db(normal_quiet)) < 1.5
+
+
+@pytest.mark.slow
+def test_noise_in_pauses_stays_noise():
+    from transmute_cyclegan_vc.stages import frame_energy_db
+
+    noisy, spec = _builtin_features(0.9, noise_snr_db=10, pause_s=1.0)
+    pause = slice(5, int(0.9 * SR / spec.hop_length))  # the first second holds only noise
+
+    def flatness(mel):
+        """Spectral flatness of the mel energies in the pause: near 1 for white noise, near 0 for a voice."""
+        power = torch.exp(2 * mel[:, pause].double())
+        return float((torch.exp(torch.log(power).mean(dim=0)) / power.mean(dim=0)).mean())
+
+    kept, converted = _convert(noisy, spec), _convert(noisy, spec, pauses="convert")
+    assert flatness(kept) > 0.5 * flatness(noisy)
+    assert flatness(converted) < 0.6 * flatness(noisy)  # what the option guards against: a ghost voice
+    level = lambda mel: float(frame_energy_db(mel[:, pause]).mean())  # noqa: E731
+    assert level(kept) <= level(noisy) + 1.0
