@@ -9,12 +9,16 @@ VENV ?= .venv
 TORCH_REQ ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-# Festival and two of its voices make the offline two-speaker corpus (kal, slt).
-SYSTEM_PACKAGES := festival festvox-kallpc16k festvox-us-slt-hts
+# Festival and two of its voices make the offline two-speaker corpus (kal, slt); a third
+# (ked, in festvox-kdlpc16k) says the evaluation sentences in a voice no model is trained on.
+SYSTEM_PACKAGES := festival festvox-kallpc16k festvox-us-slt-hts festvox-kdlpc16k
 # The built-in converter's name (DEFAULT_MODEL in plugins/transmute_cyclegan_vc/__init__.py).
 BUILTIN_MODEL := kal-slt
+# The built-in vocoder's (DEFAULT_MODEL in plugins/transmute_vocoder/__init__.py).
+BUILTIN_VOCODER := festival-vocos
 
-.PHONY: venv system-packages demo test test-fast bench corpus images-data model model-openmoji model-emoji clean
+.PHONY: venv system-packages demo test test-fast bench corpus images-data model model-vocoder model-openmoji model-emoji \
+	eval-vocoder clean
 
 venv: $(STAMP)
 
@@ -29,19 +33,22 @@ $(STAMP): pyproject.toml Makefile
 
 demo: $(STAMP)
 	$(BIN)/transmute run resynthesize examples/speech -o demo-out/resynthesize
+	$(BIN)/transmute run resynthesize-vocoder examples/speech -o demo-out/resynthesize-vocoder
 	$(BIN)/transmute convert-voice examples/speech/kal-*.wav -o demo-out/kal-to-slt
 	$(BIN)/transmute convert-voice --direction b2a examples/speech/slt-*.wav -o demo-out/slt-to-kal
 	$(BIN)/transmute translate-images examples/images/line-art -o demo-out/line-art-to-colour
 	$(BIN)/transmute translate-images --model emoji-google-twitter examples/images/google -o demo-out/google-to-twitter
-	@echo "Listen: demo-out/resynthesize/ (through log-mel and back), demo-out/kal-to-slt/ and"
-	@echo "demo-out/slt-to-kal/ (voice conversion with the built-in model); originals in examples/speech/"
+	@echo "Listen: demo-out/resynthesize/ (log-mel and back with Griffin-Lim), demo-out/resynthesize-vocoder/"
+	@echo "(the same with the neural vocoder), demo-out/kal-to-slt/ and demo-out/slt-to-kal/ (voice conversion"
+	@echo "with the built-in converter and vocoder); originals in examples/speech/"
 	@echo "Look: demo-out/line-art-to-colour/ (pix2pix, openmoji-color) and demo-out/google-to-twitter/"
 	@echo "(CycleGAN, emoji-google-twitter); originals in examples/images/"
 
 # Installs the festival voices with apt-get where it can (root or password-less
 # sudo); elsewhere the tests that need them are skipped, with the reason.
 system-packages:
-	@if [ -d /usr/share/festival/voices/us/cmu_us_slt_arctic_hts ] && [ -d /usr/share/festival/voices/english/kal_diphone ]; then :; \
+	@if [ -d /usr/share/festival/voices/us/cmu_us_slt_arctic_hts ] && [ -d /usr/share/festival/voices/english/kal_diphone ] \
+	  && [ -d /usr/share/festival/voices/english/ked_diphone ]; then :; \
 	elif command -v apt-get >/dev/null 2>&1 && { [ "$$(id -u)" = 0 ] || sudo -n true 2>/dev/null; }; then \
 	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo -n); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $(SYSTEM_PACKAGES) >/dev/null; \
@@ -64,7 +71,7 @@ test-fast: $(STAMP)
 
 # The two-speaker corpus the built-in converter is trained on (data/festival/).
 corpus: system-packages
-	$(PYTHON) scripts/festival_corpus.py data/festival
+	$(PYTHON) scripts/festival_corpus.py data/festival --unseen
 
 # Two image-translation sets from emoji npm packages (data/openmoji/, data/emoji-google-twitter/);
 # needs npm, and cairosvg (the data extra) for OpenMoji's SVGs.
@@ -77,6 +84,17 @@ model: $(STAMP) corpus
 	$(BIN)/transmute train cyclegan-vc --a data/festival/train/kal --b data/festival/train/slt \
 	  --preset small --seed 0 --out runs/$(BUILTIN_MODEL) $(if $(wildcard runs/$(BUILTIN_MODEL)/checkpoints/last.safetensors),--resume)
 	cp runs/$(BUILTIN_MODEL)/model.safetensors plugins/transmute_cyclegan_vc/models/$(BUILTIN_MODEL).safetensors
+
+# Reproduces the built-in vocoder (about 1.5 hours on 2 CPU cores), then scores it on the held-out
+# sentences of both training voices and of the unseen voice ked.
+model-vocoder: $(STAMP) corpus
+	$(BIN)/transmute train vocoder --data data/festival/train/kal --data data/festival/train/slt --preset small \
+	  --seed 0 --out runs/$(BUILTIN_VOCODER) $(if $(wildcard runs/$(BUILTIN_VOCODER)/checkpoints/last.safetensors),--resume)
+	cp runs/$(BUILTIN_VOCODER)/model.safetensors plugins/transmute_vocoder/models/$(BUILTIN_VOCODER).safetensors
+
+eval-vocoder: $(STAMP) corpus
+	$(BIN)/transmute eval vocoder --model $(BUILTIN_VOCODER) --data data/festival/eval/kal --data data/festival/eval/slt \
+	  --data data/festival/unseen/ked --json runs/$(BUILTIN_VOCODER)-eval.json
 
 # Reproduce the built-in image translators (about an hour each on 2 CPU cores;
 # run one at a time, or both with OMP_NUM_THREADS=1 to share the cores).

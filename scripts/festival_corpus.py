@@ -14,6 +14,12 @@ the repository, so the corpus is the same on every machine):
     corpus/eval/slt/eval-0000.wav ...   sentences, none of which is in either training set
     corpus/sentences.tsv                which sentence is in which file
 
+With --unseen (festvox-kdlpc16k installed), a third voice, `ked` (male diphone,
+16 kHz), says the evaluation sentences too:
+
+    corpus/unseen/ked/eval-0000.wav ... a voice no model is trained on (the vocoder's
+                                        test of voices it has not heard)
+
 An existing corpus with the same settings is left alone (delete it to rebuild).
 """
 
@@ -30,6 +36,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 VOICES = {"kal": "voice_kal_diphone", "slt": "voice_cmu_us_slt_arctic_hts"}
+UNSEEN = {"ked": "voice_ked_diphone"}
 
 # A grammar of everyday sentences with a broad spread of English sounds.
 WORDS = {
@@ -90,7 +97,7 @@ def sentences(count: int, seed: int) -> list[str]:
 
 def synthesize(voice: str, jobs: list[tuple[str, Path]]) -> None:
     """Speak every (text, path) with one festival process (loading a voice is the slow part)."""
-    lines = [f"({VOICES[voice]})"]
+    lines = [f"({VOICES.get(voice) or UNSEEN[voice]})"]
     for text, path in jobs:
         quoted = text.replace("\\", " ").replace('"', " ")
         lines.append(f'(utt.save.wave (utt.synth (Utterance Text "{quoted}")) "{path}" \'riff)')
@@ -103,6 +110,20 @@ def synthesize(voice: str, jobs: list[tuple[str, Path]]) -> None:
     missing = [str(p) for _, p in jobs if not p.is_file()]
     if missing:
         raise RuntimeError(f"festival ({voice}) wrote no file for {len(missing)} sentences, e.g. {missing[0]}")
+
+
+def build_unseen(out: Path, n_train: int, n_eval: int, seed: int) -> None:
+    """The evaluation sentences in the voices of UNSEEN (out/unseen/VOICE/eval-NNNN.wav)."""
+    texts = sentences(2 * n_train + n_eval, seed)[2 * n_train :]
+    for voice in UNSEEN:
+        folder = out / "unseen" / voice
+        jobs = [(text, folder / f"eval-{j:04d}.wav") for j, text in enumerate(texts)]
+        if all(path.is_file() for _, path in jobs):
+            continue
+        folder.mkdir(parents=True, exist_ok=True)
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            list(pool.map(lambda k: synthesize(voice, jobs[k::2]), range(2)))
+        print(f"{folder}: {len(jobs)} evaluation sentences in the unseen voice {voice}")
 
 
 def build(out: Path, n_train: int, n_eval: int, seed: int) -> Path:
@@ -141,8 +162,12 @@ def main(argv=None) -> int:
     parser.add_argument("--train", type=int, default=300, help="training sentences per speaker")
     parser.add_argument("--eval", type=int, default=40, help="parallel evaluation sentences")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--unseen", action="store_true",
+                        help=f"also the evaluation sentences in {', '.join(UNSEEN)} (apt-get install festvox-kdlpc16k)")
     args = parser.parse_args(argv)
     build(args.out, args.train, args.eval, args.seed)
+    if args.unseen:
+        build_unseen(args.out, args.train, args.eval, args.seed)
     return 0
 
 
