@@ -246,7 +246,7 @@ def test_a_stage_that_breaks_the_contract_is_refused_alone(transmute_cli_batch, 
     assert acme["warnings"] == ACME_WARNINGS
     assert acme["hooks"] == ["register_stages"]
     assert (plugins["future"]["status"], plugins["future"]["reason"]) == (
-        "failed", "needs plugin API >=99.0 (its requires_api), but this transmute provides 1.1: upgrade transmute, "
+        "failed", "needs plugin API >=99.0 (its requires_api), but this transmute provides 1.2: upgrade transmute, "
                   "or install a version of the plugin made for it")
 
     listing = ok(listing).splitlines()

@@ -11,7 +11,7 @@ __version__ = "0.1.0"
 # plugin API). The minor grows when something is added, the major when something a
 # plugin may use changes or goes. A plugin states what it needs with
 # `requires_api = ">=1.0"` in its entry-point module.
-PLUGIN_API_VERSION = "1.1"
+PLUGIN_API_VERSION = "1.2"
 
 # The modules a plugin's own code may import (docs/writing-plugins.md, "The plugin
 # API"). Everything else (transmute.plugins, transmute.runner, ...)
