@@ -84,11 +84,11 @@ def test_the_stft_gives_the_same_numbers_with_and_without_gradients():
 # --------------------------------------------------------------------------- the network
 
 
-def tiny_net(blocks=2):
+def tiny_net(blocks=2, phase_reference="time"):
     from transmute_vocoder.networks import Vocos
 
     torch.manual_seed(0)
-    return Vocos(80, 1024, 16, 32, blocks).eval()
+    return Vocos(80, 1024, 16, 32, blocks, phase_reference=phase_reference).eval()
 
 
 def test_an_item_sounds_the_same_alone_and_in_a_padded_batch():

@@ -18,15 +18,15 @@ from torch.nn.utils.parametrizations import weight_norm
 # 24 kHz model (dim 512, 1536 hidden, 8 blocks: 13.5M parameters). `small` is what 2 CPU
 # cores can train in an hour or two; `tiny` is for tests.
 PRESETS = {
-    "default": dict(dim=512, hidden=1536, blocks=8, mpd_width=32, mrd_width=32, segment_samples=16384,
+    "default": dict(dim=512, hidden=1536, blocks=8, phase_reference="frame", mpd_width=32, mrd_width=32, segment_samples=16384,
                     batch_size=16, steps=1_000_000, lr=5e-4, lr_d=5e-4, gan_from=0, mel_weight=45.0,
                     stft_weight=1.0, phase_weight=1.0, fm_weight=2.0, mrd_weight=0.1,
                     checkpoint_every=5000, sample_every=5000, decay_from=0, max_gain_db=-1.0, min_gain_db=-24.0),
-    "small": dict(dim=256, hidden=768, blocks=8, mpd_width=8, mrd_width=8, segment_samples=8192,
-                  batch_size=8, steps=7000, lr=1e-3, lr_d=5e-4, gan_from=1000, mel_weight=45.0,
+    "small": dict(dim=256, hidden=768, blocks=8, phase_reference="time", mpd_width=8, mrd_width=8, segment_samples=8192,
+                  batch_size=8, steps=11500, lr=1e-3, lr_d=5e-4, gan_from=9000, mel_weight=45.0,
                   stft_weight=1.0, phase_weight=1.0, fm_weight=2.0, mrd_weight=0.1,
-                  checkpoint_every=250, sample_every=1000, decay_from=0, max_gain_db=-1.0, min_gain_db=-24.0),
-    "tiny": dict(dim=16, hidden=32, blocks=2, mpd_width=2, mrd_width=2, segment_samples=2048,
+                  checkpoint_every=500, sample_every=500, decay_from=0, max_gain_db=-1.0, min_gain_db=-24.0),
+    "tiny": dict(dim=16, hidden=32, blocks=2, phase_reference="time", mpd_width=2, mrd_width=2, segment_samples=2048,
                  batch_size=2, steps=4, lr=1e-3, lr_d=5e-4, gan_from=2, mel_weight=45.0,
                  stft_weight=1.0, phase_weight=1.0, fm_weight=2.0, mrd_weight=0.1,
                  checkpoint_every=2, sample_every=0, decay_from=0, max_gain_db=-1.0, min_gain_db=-24.0),
@@ -64,9 +64,12 @@ class Vocos(nn.Module):
     it would get alone (every layer but the convolutions works frame by frame).
     """
 
-    def __init__(self, n_mels: int, n_fft: int, dim: int, hidden: int, blocks: int, initialise: bool = True):
+    def __init__(self, n_mels: int, n_fft: int, dim: int, hidden: int, blocks: int, initialise: bool = True,
+                 phase_reference: str = "frame", hop_length: int = 256):
         super().__init__()
-        self.n_fft = n_fft
+        if phase_reference not in PHASE_REFERENCES:
+            raise ValueError(f"phase_reference must be one of {', '.join(PHASE_REFERENCES)}, got {phase_reference!r}")
+        self.n_fft, self.phase_reference, self.hop_length = n_fft, phase_reference, hop_length
         self.embed = nn.Conv1d(n_mels, dim, KERNEL, padding=KERNEL // 2)
         self.norm = nn.LayerNorm(dim, eps=1e-6)
         self.blocks = nn.ModuleList(ConvNeXtBlock(dim, hidden, 1.0 / blocks) for _ in range(blocks))
@@ -75,8 +78,13 @@ class Vocos(nn.Module):
         if initialise:  # not when weights are loaded next: truncated-normal draws cost half a second of start-up
             self.apply(_init)
 
-    def forward(self, mel: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """(magnitude, phase), each (batch, n_fft // 2 + 1, frames); torch.polar makes the spectrum."""
+    def forward(self, mel: torch.Tensor, mask: torch.Tensor | None = None,
+                first_frame: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """(magnitude, phase), each (batch, n_fft // 2 + 1, frames); torch.polar makes the spectrum.
+
+        first_frame: the index of mel's first frame in the whole input (a chunk's
+        offset), which the 'time' phase reference needs.
+        """
         gate = (lambda t: t * mask) if mask is not None else (lambda t: t)
         x = self.embed(gate(mel))
         x = self.norm(x.transpose(1, 2)).transpose(1, 2)
@@ -84,8 +92,28 @@ class Vocos(nn.Module):
             x = block(gate(x))
         x = self.head(self.final_norm(x.transpose(1, 2))).transpose(1, 2)
         log_magnitude, phase = x.float().chunk(2, dim=1)
+        if self.phase_reference == "time":
+            phase = phase + bin_advance(self.n_fft, self.hop_length, first_frame, phase.shape[-1], phase.device)
         # Vocos clips the magnitude at 100 (far above any real frame): one wild output cannot blow up the iSTFT.
         return torch.exp(log_magnitude).clamp(max=1e2), phase
+
+
+# 'frame': the head predicts each frame's STFT phase, as in the paper. 'time': it predicts the phase
+# against the start of the input, and the rotation each bin's centre frequency makes from frame to frame
+# is added exactly. Why: a convolutional network gives the same output for the same input, so with
+# 'frame' a steady vowel comes out with the same phase in every frame, which puts its energy on
+# multiples of sample_rate / hop (86 Hz here), whatever its pitch; with 'time' the same output is a
+# steady tone at each bin's own frequency (multiples of sample_rate / n_fft, 21.5 Hz).
+PHASE_REFERENCES = ("frame", "time")
+
+
+def bin_advance(n_fft: int, hop_length: int, first_frame: int, frames: int, device) -> torch.Tensor:
+    """(bins, frames): each bin's centre-frequency rotation at frames first_frame.., plus pi * bin (the window
+    is centred in its frame), mod 2 pi. Whole-number arithmetic: exact however long the input."""
+    k = torch.arange(n_fft // 2 + 1, device=device).view(-1, 1)
+    t = torch.arange(first_frame, first_frame + frames, device=device).view(1, -1)
+    turns = (k * hop_length * t + k * (n_fft // 2)) % n_fft  # in n_fft-ths of a turn
+    return (2 * torch.pi / n_fft) * turns.float()
 
 
 def _init(module: nn.Module) -> None:

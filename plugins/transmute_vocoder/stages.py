@@ -16,7 +16,7 @@ def load_vocoder(ref: str, device="cpu"):
     import torch
 
     from transmute.checkpoint import load_checkpoint, load_weights, resolve_model
-    from transmute_vocoder.networks import Vocos
+    from transmute_vocoder.networks import PHASE_REFERENCES, Vocos
 
     ckpt = load_checkpoint(resolve_model(ref), plugin=PLUGIN, model=MODEL, version=VERSION)
     spec = ckpt.spec()
@@ -24,7 +24,12 @@ def load_vocoder(ref: str, device="cpu"):
         raise CheckpointError(f"{ckpt.path}: metadata field 'feature_spec' must describe a spectrogram, "
                               f"got {type(spec).__name__ if spec else 'none'}")
     sizes = [ckpt.need("hparams", key) for key in ("dim", "hidden", "blocks")]
-    net = Vocos(spec.n_bins, spec.n_fft, *sizes, initialise=False)
+    reference = ckpt.hparams.get("phase_reference", "frame")
+    if reference not in PHASE_REFERENCES:
+        raise CheckpointError(f"{ckpt.path}: metadata field 'hparams.phase_reference' is {reference!r}, not one of "
+                              f"{', '.join(PHASE_REFERENCES)}; the checkpoint was made by a newer plugin or is damaged")
+    net = Vocos(spec.n_bins, spec.n_fft, *sizes, initialise=False, phase_reference=reference,
+                hop_length=spec.hop_length)
     load_weights(net, ckpt.tensors, ckpt.path, dtype=torch.float32)
     return net.eval().to(device), spec, ckpt
 
@@ -51,7 +56,7 @@ def synthesize(net, mel, spec: FeatureSpec, frame_lengths, sample_lengths, chunk
     for start in range(0, frames, chunk_frames):
         end = min(frames, start + chunk_frames)
         lo, hi = max(0, start - margin), min(frames, end + margin)
-        chunk_magnitude, chunk_phase = net(mel[:, :, lo:hi], mask[:, :, lo:hi])
+        chunk_magnitude, chunk_phase = net(mel[:, :, lo:hi], mask[:, :, lo:hi], first_frame=lo)
         magnitude[:, :, start:end] = chunk_magnitude[:, :, start - lo : end - lo]
         phase[:, :, start:end] = chunk_phase[:, :, start - lo : end - lo]
     return dsp.istft(torch.polar(magnitude * mask, phase), spec, sample_lengths)

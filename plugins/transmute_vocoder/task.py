@@ -27,7 +27,7 @@ from transmute.gan import adversarial_loss
 from transmute.signals import FeatureSpec
 from transmute.training import Context, Task, TrainingData, require_hparam
 
-from transmute_vocoder.networks import PRESETS, Discriminators, Vocos, count_parameters
+from transmute_vocoder.networks import PHASE_REFERENCES, PRESETS, Discriminators, Vocos, count_parameters
 
 PLUGIN, MODEL, VERSION = "vocoder", "vocos", "1.0"
 
@@ -45,6 +45,8 @@ def validate_hparams(h: dict) -> None:
         need(isinstance(h[key], int) and h[key] >= 1, f"{key} must be a whole number of at least 1, got {h[key]!r}")
     need(h["segment_samples"] >= 2048, f"segment_samples must be at least 2048 (the largest loss STFT), "
                                        f"got {h['segment_samples']}")
+    need(h["phase_reference"] in PHASE_REFERENCES,
+         f"phase_reference must be one of {', '.join(PHASE_REFERENCES)}, got {h['phase_reference']!r}")
     for key in ("lr", "lr_d"):
         need(0 < h[key] < 1, f"{key} must be a learning rate between 0 and 1, got {h[key]!r}")
     for key in ("mel_weight", "stft_weight", "phase_weight", "fm_weight", "mrd_weight"):
@@ -186,7 +188,8 @@ class VocoderTask(Task):
 
     def generator(self) -> Vocos:
         h = self.h
-        return Vocos(self.spec.n_bins, self.spec.n_fft, h["dim"], h["hidden"], h["blocks"])
+        return Vocos(self.spec.n_bins, self.spec.n_fft, h["dim"], h["hidden"], h["blocks"],
+                     phase_reference=h["phase_reference"], hop_length=self.spec.hop_length)
 
     def setup(self, ctx: Context) -> None:
         h, dev = self.h, ctx.device
@@ -309,7 +312,7 @@ class VocoderTask(Task):
         tensors = {k: v.detach().to(torch.float16) for k, v in self.nets["generator"].state_dict().items()}
         return Checkpoint(
             tensors=tensors, plugin=PLUGIN, model=MODEL, version=VERSION,
-            hparams={k: self.h[k] for k in ("dim", "hidden", "blocks")} | {"preset": self.preset},
+            hparams={k: self.h[k] for k in ("dim", "hidden", "blocks", "phase_reference")} | {"preset": self.preset},
             feature_spec=self.spec, extra={"corpus": self.corpus},
         )
 
