@@ -35,12 +35,13 @@ demo: $(STAMP)
 	$(BIN)/transmute run resynthesize examples/speech -o demo-out/resynthesize
 	$(BIN)/transmute run resynthesize-vocoder examples/speech -o demo-out/resynthesize-vocoder
 	$(BIN)/transmute convert-voice examples/speech/kal-*.wav -o demo-out/kal-to-slt
+	$(BIN)/transmute convert-voice --vocoder $(BUILTIN_VOCODER) examples/speech/kal-*.wav -o demo-out/kal-to-slt-vocoder
 	$(BIN)/transmute convert-voice --direction b2a examples/speech/slt-*.wav -o demo-out/slt-to-kal
 	$(BIN)/transmute translate-images examples/images/line-art -o demo-out/line-art-to-colour
 	$(BIN)/transmute translate-images --model emoji-google-twitter examples/images/google -o demo-out/google-to-twitter
 	@echo "Listen: demo-out/resynthesize/ (log-mel and back with Griffin-Lim), demo-out/resynthesize-vocoder/"
 	@echo "(the same with the neural vocoder), demo-out/kal-to-slt/ and demo-out/slt-to-kal/ (voice conversion"
-	@echo "with the built-in converter and vocoder); originals in examples/speech/"
+	@echo "with the built-in converter), demo-out/kal-to-slt-vocoder/ (voiced by the vocoder); originals in examples/speech/"
 	@echo "Look: demo-out/line-art-to-colour/ (pix2pix, openmoji-color) and demo-out/google-to-twitter/"
 	@echo "(CycleGAN, emoji-google-twitter); originals in examples/images/"
 
@@ -85,7 +86,7 @@ model: $(STAMP) corpus
 	  --preset small --seed 0 --out runs/$(BUILTIN_MODEL) $(if $(wildcard runs/$(BUILTIN_MODEL)/checkpoints/last.safetensors),--resume)
 	cp runs/$(BUILTIN_MODEL)/model.safetensors plugins/transmute_cyclegan_vc/models/$(BUILTIN_MODEL).safetensors
 
-# Reproduces the built-in vocoder (about 1.5 hours on 2 CPU cores), then scores it on the held-out
+# Reproduces the built-in vocoder (about an hour on 2 CPU cores); eval-vocoder scores it on the held-out
 # sentences of both training voices and of the unseen voice ked.
 model-vocoder: $(STAMP) corpus
 	$(BIN)/transmute train vocoder --data data/festival/train/kal --data data/festival/train/slt --preset small \

@@ -419,3 +419,19 @@ def test_noise_in_pauses_stays_noise():
     assert flatness(converted) < 0.6 * flatness(noisy)  # what the option guards against: a ghost voice
     level = lambda mel: float(frame_energy_db(mel[:, pause]).mean())  # noqa: E731
     assert level(kept) <= level(noisy) + 1.0
+
+
+@pytest.mark.parametrize("vocoder, uses", [
+    ("griffinlim", ["audio.mel_to_linear", "audio.griffinlim"]),
+    ("festival-vocos", ["vocoder.synthesize"]),
+])
+def test_convert_voice_picks_what_voices_the_mels(vocoder, uses):
+    from transmute_cyclegan_vc.commands import conversion_pipeline
+
+    pipeline = conversion_pipeline(vocoder=vocoder, griffinlim_iters=7)
+    between = [s.name for s in pipeline.stages[3:-1]]
+    assert between == uses
+    if vocoder == "griffinlim":
+        assert pipeline.stages[4].n_iter == 7
+    else:
+        assert pipeline.stages[3].model == "festival-vocos"

@@ -251,15 +251,19 @@ def speaker_encoder():
 @click.option("--target", "target", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="The target speaker's utterances of the same sentences (same relative paths).")
 @click.option("--direction", default="a2b", show_default=True, type=click.Choice(["a2b", "b2a"]))
+@click.option("--vocoder", default=None, metavar="MODEL|griffinlim",
+              help="What voices the converted mels: griffinlim (the pipeline's default) or a vocoder model "
+                   "(festival-vocos).")
 @click.option("--converted", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Where converted files go (default: a temporary folder); existing ones are reused.")
 @click.option("--json", "as_json", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write the figures, per utterance too, as JSON.")
-def eval_vc_command(model, source, target, direction, converted, as_json):
+def eval_vc_command(model, source, target, direction, vocoder, converted, as_json):
     """Convert the source utterances and measure them against the target speaker's."""
     import tempfile
 
     from transmute import run
+    from transmute_cyclegan_vc.commands import conversion_pipeline
 
     # Before converting anything: a converted file is only measured against a target file at the same
     # relative path, and without one the error named the temporary folder of converted files.
@@ -269,8 +273,7 @@ def eval_vc_command(model, source, target, direction, converted, as_json):
                                    f"extension) in {target}; eval vc needs both speakers saying the same sentences")
     with tempfile.TemporaryDirectory() as scratch:
         out = converted or Path(scratch) / "converted"
-        overrides = [("mel", "spec_from", model), ("convert", "model", model), ("convert", "direction", direction)]
-        conversion = run("voice-conversion", [source], out, overrides=overrides)
+        conversion = run(conversion_pipeline(model, direction, vocoder), [source], out)
         if conversion.interrupted:
             raise click.Abort()
         if conversion.failed:
