@@ -212,6 +212,14 @@ class Stage:
         if expected != got:
             raise SpecMismatch(field, expected, got, hint)
 
+    def require_spec(self, expected, got, hint: str = "") -> None:
+        """Refuse an incoming spec that differs from `expected` (e.g. what a model was trained on) in any field,
+        naming the first such field and both values."""
+        from transmute.signals import spec_differences
+
+        for field, want, have in spec_differences(expected, got):
+            raise SpecMismatch(field, want, have, hint)
+
     # ---------------------------------------------------------------- running
     def setup(self, device) -> None:
         """Called once before processing: load weights, move them to device."""

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import math
 
-from transmute.errors import SpecMismatch
-from transmute.signals import FeatureSpec, Normalization, Spectrogram, spec_differences
+from transmute.signals import FeatureSpec, Normalization, Spectrogram
 from transmute.stages import Param, Stage
 
 from transmute_cyclegan_vc import DEFAULT_MODEL
@@ -181,9 +180,8 @@ class Convert(Stage):
         from transmute.checkpoint import model_feature_spec
 
         expected = model_feature_spec(self.model, plugin=PLUGIN, model=MODEL)
-        for field, want, got in spec_differences(expected, incoming):
-            raise SpecMismatch(field, want, got, f"the model was trained on other features; set "
-                                                 f"spec_from = \"{self.model}\" on the audio.logmel stage")
+        self.require_spec(expected, incoming, f"the model was trained on other features; set "
+                                              f"spec_from = \"{self.model}\" on the audio.logmel stage")
         return incoming
 
     def setup(self, device) -> None:

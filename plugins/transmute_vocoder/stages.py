@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from transmute.errors import CheckpointError, SpecMismatch
-from transmute.signals import FeatureSpec, Spectrogram, Waveform, WaveformSpec, spec_differences
+from transmute.errors import CheckpointError
+from transmute.signals import FeatureSpec, Spectrogram, Waveform, WaveformSpec
 from transmute.stages import Param, Stage
 
 from transmute_vocoder import DEFAULT_MODEL
@@ -78,10 +78,9 @@ class Synthesize(Stage):
         from transmute.checkpoint import model_feature_spec
 
         expected = model_feature_spec(self.model, plugin=PLUGIN, model=MODEL)
-        for field, want, got in spec_differences(expected, incoming):
-            raise SpecMismatch(field, want, got, f"the vocoder '{self.model}' was trained on other features; set "
-                                                 f"spec_from = \"{self.model}\" on the audio.logmel stage, or "
-                                                 f"train a vocoder on these (transmute train vocoder --spec-from)")
+        self.require_spec(expected, incoming, f"the vocoder '{self.model}' was trained on other features; set "
+                                              f"spec_from = \"{self.model}\" on the audio.logmel stage, or train a "
+                                              "vocoder on these (transmute train vocoder --spec-from)")
         return WaveformSpec(sample_rate=expected.sample_rate, channels=1)
 
     def setup(self, device) -> None:
