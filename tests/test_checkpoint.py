@@ -112,7 +112,7 @@ def test_model_feature_spec_checks_the_maker_and_needs_a_spec(tmp_path):
     path = make(tmp_path / "model.safetensors")
     assert model_feature_spec(path) == FeatureSpec(sample_rate=16000, n_mels=64)
     assert model_feature_spec(path, plugin="toy", model="generator").n_mels == 64
-    with pytest.raises(CheckpointError, match=r"is a toy/generator checkpoint, not a vocoder hifigan$"):
+    with pytest.raises(CheckpointError, match=r"is a toy/generator checkpoint, not a vocoder/hifigan$"):
         model_feature_spec(path, plugin="vocoder", model="hifigan")
     with pytest.raises(CheckpointError, match=r"stores no feature spec"):
         model_feature_spec(make(tmp_path / "bare.safetensors", feature_spec=None))

@@ -179,7 +179,7 @@ def test_a_checkpoint_of_another_kind_or_missing_is_refused(model, tmp_path, spe
 
     save_checkpoint(other, Checkpoint(tensors={"w": torch.ones(1)}, plugin="vocoder", model="hifigan",
                                       version="1.0", feature_spec=FeatureSpec(fmax=8000).to_dict()))
-    for ref, message in ((other, "is a vocoder/hifigan checkpoint, not a cyclegan_vc converter"),
+    for ref, message in ((other, "is a vocoder/hifigan checkpoint, not a cyclegan_vc/converter"),
                          (tmp_path / "nope.safetensors", "no such checkpoint file")):
         result = invoke("convert-voice", speakers / "low", "-o", tmp_path / "out", "--model", ref)
         assert result.exit_code == 1 and message in result.output and result.output.count("\n") == 1

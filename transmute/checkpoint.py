@@ -167,7 +167,7 @@ def model_feature_spec(ref: str | Path, plugin: str | None = None, model: str | 
     meta = read_metadata(path)
     made = (meta.get("plugin"), meta.get("model"))
     if (plugin is not None and made[0] != plugin) or (model is not None and made[1] != model):
-        wanted = " ".join(w for w in (plugin, model) if w)
+        wanted = "/".join(w for w in (plugin, model) if w)
         raise CheckpointError(f"model '{ref}' is a {made[0]}/{made[1]} checkpoint, not a {wanted}")
     if made[1] == STATE_MODEL:
         raise CheckpointError(f"{path} is a training-state checkpoint; use the run's model.safetensors")
