@@ -261,3 +261,12 @@ def test_eval_vocoder_prints_every_figure_for_every_voice(model, voices, tmp_pat
     assert len(figures["files"]) == 2 * 3
     ceiling = figures["voices"]["low"]["true-phase"]
     assert ceiling["stoi"] > 0.9 and np.isfinite(list(ceiling.values())).all()
+
+
+def test_a_setting_that_spec_from_would_replace_is_refused(model):
+    doc = vocoder_pipeline(model)
+    doc["stage"][1]["n_mels"] = 128
+    with pytest.raises(PipelineError, match=r"n_mels = 128, but spec_from = .* whose n_mels is 80; drop n_mels"):
+        build_from_dict(doc)
+    doc["stage"][1]["n_mels"] = 80  # the model's own value is no conflict
+    build_from_dict(doc)

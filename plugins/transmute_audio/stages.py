@@ -124,6 +124,10 @@ class LogMel(Stage):
                            "(then the settings above are taken from it)"),
     }
 
+    def __init__(self, label=None, **values):
+        super().__init__(label, **values)
+        self.explicit = sorted(k for k in values if k != "spec_from")  # what a spec_from model must agree with
+
     def check(self, incoming: WaveformSpec) -> FeatureSpec:
         if self.spec_from:
             from transmute.checkpoint import model_feature_spec
@@ -132,6 +136,15 @@ class LogMel(Stage):
                 spec = model_feature_spec(self.spec_from).replace(normalization=None)
             except TransmuteError as exc:
                 raise PipelineError(f"spec_from: {exc}") from None
+            for key in self.explicit:  # a setting spec_from would silently replace
+                value, model_value = self.values[key], getattr(spec, key)
+                if key in ("win_length", "fmax") and not value:
+                    continue  # 0: "n_fft" / "sample_rate / 2", whatever the model says
+                if value != model_value:
+                    raise PipelineError(
+                        f"{key} = {value!r}, but spec_from = \"{self.spec_from}\" takes every feature setting from "
+                        f"that model, whose {key} is {model_value!r}; drop {key}, or set spec_from = \"\" to use "
+                        "your own settings")
             if incoming.sample_rate != spec.sample_rate:
                 rate = f"{incoming.sample_rate} Hz" if incoming.sample_rate else "at each file's own rate"
                 raise PipelineError(
