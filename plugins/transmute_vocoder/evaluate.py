@@ -85,8 +85,9 @@ def resyntheses(net, spec, audio, name: str, gl_iters: int = 32):
         stft, frames = dsp.stft(x, spec)
         mel = dsp.magnitudes_to_features(stft.abs(), spec)
         out = {"vocoder": synthesize(net, mel, spec, frames, [x.shape[1]])[0]}
-        out["griffinlim"] = dsp.mel_to_audio(mel, spec, n_iter=gl_iters, momentum=0.99, names=[name])[0][: x.shape[1]]
-        magnitude = dsp.linear_magnitude(mel, spec)
+        magnitude = dsp.linear_magnitude(mel, spec)  # the NNLS inversion both Griffin-Lim and the ceiling start from
+        out["griffinlim"] = dsp.griffin_lim(magnitude, spec, sample_lengths=[x.shape[1]], n_iter=gl_iters,
+                                            momentum=0.99, names=[name])[0]
         out["true-phase"] = dsp.istft(torch.polar(magnitude, stft.angle()), spec, [x.shape[1]])[0]
     return {k: v.numpy() for k, v in out.items()}
 

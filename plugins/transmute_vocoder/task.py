@@ -57,7 +57,7 @@ def validate_hparams(h: dict) -> None:
          f"need min_gain_db <= max_gain_db <= 0, got {h['min_gain_db']} and {h['max_gain_db']}")
 
 
-def read_speech(folders: list[Path], sample_rate: int) -> tuple[dict[str, "numpy.ndarray"], list[str]]:
+def read_speech(folders: list[Path], sample_rate: int) -> tuple[dict, list[str]]:
     """{'FOLDER/relative path': mono float32 audio at sample_rate} of every readable file, and what was skipped."""
     from transmute.audio import is_audio_file, read_audio
     from transmute.files import discover
@@ -236,8 +236,8 @@ class VocoderTask(Task):
         samples = audio.shape[1]
         with torch.no_grad():
             target_stft, _ = dsp.stft(audio, spec)
-            mel = dsp.magnitudes_to_features(target_stft.abs(), spec)
             magnitude = target_stft.abs()
+            mel = dsp.magnitudes_to_features(magnitude, spec)
             weight = magnitude / magnitude.mean(dim=(1, 2), keepdim=True).clamp_min(1e-8)
         with ctx.autocast():
             output, _, phase = self.synthesize(mel, samples)
