@@ -75,10 +75,10 @@ def test_an_unmet_api_requirement_says_which_way_to_go():
 
 
 def test_api_requirements():
-    assert PLUGIN_API_VERSION == "1.2"
-    for met in (">=1.0", ">=1.2", "1.2", ">=1", "==1.2", ">=1.0,<2", "<1.3", "!=0.9"):
+    assert PLUGIN_API_VERSION == "1.3"
+    for met in (">=1.0", ">=1.3", "1.3", ">=1", "==1.3", ">=1.0,<2", "<1.4", "!=0.9"):
         assert api_satisfies(met), met
-    for unmet in (">=1.3", ">1.2", "<1", ">=2,<3", "!=1.2"):
+    for unmet in (">=1.4", ">1.3", "<1", ">=2,<3", "!=1.3"):
         assert not api_satisfies(unmet), unmet
     assert api_satisfies(">=1.2", version="1.10")  # numbers, not strings
     with pytest.raises(ValueError, match="not a version requirement like '>=1.0'"):

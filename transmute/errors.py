@@ -27,7 +27,14 @@ class InputWarning(UserWarning):
 
     Stages raise it with warnings.warn(message, InputWarning); the runner records
     it against the file being processed and the CLI prints it as one line.
+    A transform, which sees a whole batch, names the item it is about:
+    warnings.warn(InputWarning(message, item=signal.names[i])); one without
+    an item is recorded against every item of the batch.
     """
+
+    def __init__(self, message: str = "", item: str | None = None):
+        super().__init__(message)
+        self.item = item
 
 
 class CheckpointError(TransmuteError):

@@ -269,3 +269,99 @@ def to_uint8(batch):
 
     return batch.detach().float().cpu().clamp(-1, 1).add(1).mul(127.5).round().to(torch.uint8).permute(0, 2, 3, 1) \
         .numpy()
+
+
+# --------------------------------------------------------------------------- small images held in memory
+
+
+def read_pixels(path: Path, channels: int, size: int, background: int = 255):
+    """An image file as uint8 (channels, size, size): 1 (luminance) or 3 (RGB) channels, transparency
+    composited onto `background` (0-255), resized to size x size (area-averaged when shrinking) if it is not
+    that size already; TransmuteError naming the file."""
+    import numpy as np
+    from PIL import Image
+
+    if channels not in (1, 3):
+        raise ValueError(f"channels must be 1 or 3, got {channels}")
+    try:
+        with Image.open(path) as img:
+            img.load()
+            if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+                rgba = img.convert("RGBA")
+                img = Image.alpha_composite(Image.new("RGBA", rgba.size, (background,) * 3 + (255,)), rgba)
+            img = img.convert("L" if channels == 1 else "RGB")
+            if img.size != (size, size):
+                img = img.resize((size, size), Image.BOX if min(img.size) >= size else Image.BICUBIC)
+            array = np.array(img, dtype=np.uint8)  # a copy: torch wants writable arrays
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise TransmuteError(f"{path}: not a readable image ({' '.join(str(exc).split()) or type(exc).__name__})") \
+            from None
+    return array[None] if channels == 1 else array.transpose(2, 0, 1).copy()
+
+
+class ImageSet(TrainingData):
+    """Small images (digits, emoji) decoded once and held in memory as uint8 (n, C, S, S).
+
+    An item is float32 (C, S, S) on the 256 levels of [-1, 1] (k / 127.5 - 1),
+    so likelihood models can score the 8-bit values exactly. Names are the
+    files' paths relative to their folder, without suffix (what a
+    --sample-weights CSV names).
+    """
+
+    def __init__(self, names: list[str], pixels, shift: int = 0, mutation: float = 0.0):
+        self.names, self.pixels, self.shift, self.mutation = list(names), pixels, shift, mutation
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def items(self):
+        return self.names
+
+    def tensor(self, indices=None):
+        """float32 (n, C, S, S) in [-1, 1] of the given items (all by default)."""
+        import torch
+
+        chosen = self.pixels if indices is None else self.pixels[list(indices)]
+        return torch.from_numpy(chosen).float().div_(127.5).sub_(1.0)
+
+    def load(self, index, rng):
+        """The item, moved by up to `shift` pixels each way at random (the edge pixels fill in): small
+        training sets of small images are memorised without it."""
+        import numpy as np
+        import torch
+
+        item = self.pixels[index]
+        if self.shift:
+            dy, dx = rng.integers(-self.shift, self.shift + 1, size=2)
+            s = self.shift
+            padded = np.pad(item, ((0, 0), (s, s), (s, s)), mode="edge")
+            item = padded[:, s - dy : s - dy + item.shape[1], s - dx : s - dx + item.shape[2]]
+        if self.mutation:
+            # Ren et al. (2019): a background model learns from inputs with this share of pixels replaced
+            # by random levels, which keeps their low-level statistics and breaks their meaning.
+            hit = rng.random(item.shape[1:]) < self.mutation
+            item = np.where(hit[None], rng.integers(0, 256, item.shape, dtype=np.uint8), item)
+        return torch.from_numpy(np.ascontiguousarray(item)).float().div_(127.5).sub_(1.0)
+
+
+def read_image_set(folders, channels: int, size: int, background: int = 255) -> tuple[ImageSet, list[str]]:
+    """Every image under the folders (recursively) as an ImageSet, and one line per file that could not be
+    read (those are left out); TransmuteError when a folder holds no readable image."""
+    import numpy as np
+
+    names, arrays, problems = [], [], []
+    several = len(folders) > 1
+    for folder in folders:
+        found = list_images(Path(folder))
+        if not found:
+            raise TransmuteError(f"{folder}: no images ({', '.join(SUFFIXES)}) in this folder or below")
+        for name, path in found.items():
+            try:
+                arrays.append(read_pixels(path, channels, size, background))
+            except TransmuteError as exc:
+                problems.append(str(exc))
+                continue
+            names.append(f"{Path(folder).name}/{name}" if several else name)
+    if not arrays:
+        raise TransmuteError(f"{', '.join(map(str, folders))}: none of the images could be read ({problems[0]})")
+    return ImageSet(names, np.stack(arrays)), problems

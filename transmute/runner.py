@@ -348,7 +348,8 @@ class _WarningRouter:
                 if sink is None:
                     return original(message, category, filename, lineno, file, line)
                 text = " ".join(str(message).split())
-                sink.append(text if issubclass(category, InputWarning) else f"{category.__name__}: {text}")
+                text = text if issubclass(category, InputWarning) else f"{category.__name__}: {text}"
+                sink.append(_ItemNote(text, getattr(message, "item", None)))
 
             warnings.showwarning = show
             yield
@@ -360,6 +361,15 @@ class _WarningRouter:
             yield
         finally:
             self.local.sink = None
+
+
+class _ItemNote(str):
+    """A warning's text, and the item of a batch it names (None: every item of the batch)."""
+
+    def __new__(cls, text: str, item: str | None = None):
+        note = super().__new__(cls, text)
+        note.item = item
+        return note
 
 
 @dataclass
@@ -513,6 +523,7 @@ class Runner:
         if self.device.startswith("cuda"):
             _set_tf32(self.tf32)
         for stage in self.pipeline.stages:
+            stage.output_dir = self.outdir
             try:
                 stage.setup(self.device)
             except TransmuteError as exc:
@@ -650,9 +661,11 @@ class Runner:
         if not retry:
             self.report.batch_sizes.append(len(batch))
         began = time.perf_counter()
+        notes: list[_ItemNote] = []
         try:
             signal_type = type(batch[0].item)
-            results = self._transform(signal_type.collate([p.item for p in batch])).items()
+            with self._router.collect(notes):
+                results = self._transform(signal_type.collate([p.item for p in batch])).items()
         except KeyboardInterrupt:
             raise
         except BatchRuleBroken as exc:
@@ -672,6 +685,7 @@ class Runner:
         share = (time.perf_counter() - began) / len(batch)
         for entry, item in zip(batch, results):
             entry.timings["compute"] = share
+            entry.warnings += [str(n) for n in notes if getattr(n, "item", None) in (None, entry.job.name)]
             self._saves.append((entry, executor.submit(self._save, entry.job, item)))
 
     def _transform(self, batch):

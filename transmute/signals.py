@@ -57,7 +57,7 @@ class TaggedSpec:
 
 def spec_from_dict(data: dict) -> "TaggedSpec":
     """The spec a tagged dict describes (an untagged one is an older checkpoint's FeatureSpec)."""
-    kinds = {c.kind: c for c in (WaveformSpec, FeatureSpec, ImageSpec, CodeSpec)}
+    kinds = {c.kind: c for c in (WaveformSpec, FeatureSpec, ImageSpec, CodeSpec, LatentSpec)}
     kind = data.get("kind", FeatureSpec.kind)
     if kind not in kinds:
         raise ValueError(f"unknown spec kind {kind!r}; this transmute knows {', '.join(kinds)}")
@@ -184,6 +184,17 @@ class CodeSpec(TaggedSpec):
     source: str = ""  # JSON of the spec of what was encoded
 
     kind: ClassVar[str] = "codes"
+
+
+@dataclass(frozen=True)
+class LatentSpec(TaggedSpec):
+    """Points in one model's continuous latent space (a VAE's z)."""
+
+    dim: int
+    model_id: str = ""  # names the latent space (a model), so latents of one are not decoded by another
+    source: str = ""  # JSON of the spec of what was encoded, to decode back to it
+
+    kind: ClassVar[str] = "latents"
 
 
 # --------------------------------------------------------------------------- signals
@@ -406,14 +417,23 @@ class Images(Signal):
 
 @dataclass
 class Codes(Signal):
-    """(batch, h, w) integer codes into a codebook; sizes: valid (h, w) per item."""
+    """(batch, h, w) integer codes into a codebook; sizes: valid (h, w) per item.
+
+    A code grid is coarser than what was encoded (a code per 4x4 pixels, per 2
+    frames), so the encoded item's own size travels too, for a decoder to
+    give back exactly that size: source_sizes, per item, (frames,) of a
+    spectrogram or (h, w) of an image; sample_lengths, the samples of the
+    audio a spectrogram came from (so a WAV comes back at its length).
+    """
 
     spec: CodeSpec = field(default_factory=lambda: CodeSpec(codebook_size=0))
     sizes: list[tuple[int, int]] = field(default_factory=list)
+    source_sizes: list[tuple[int, ...]] | None = None
+    sample_lengths: list[int] | None = None
     kind: ClassVar[str] = "Codes"
     spec_type: ClassVar[type] = CodeSpec
     ragged: ClassVar[int] = 2
-    per_item: ClassVar[tuple[str, ...]] = ("sizes",)
+    per_item: ClassVar[tuple[str, ...]] = ("sizes", "source_sizes", "sample_lengths")
     same_size_batches: ClassVar[bool] = True
 
     def __post_init__(self):
@@ -421,6 +441,18 @@ class Codes(Signal):
 
     def extent(self, i):
         return tuple(self.sizes[i])
+
+
+@dataclass
+class Latents(Signal):
+    """(batch, dim) float: one point of a latent space per item (every item has all dims)."""
+
+    spec: LatentSpec = field(default_factory=lambda: LatentSpec(dim=0))
+    kind: ClassVar[str] = "Latents"
+    spec_type: ClassVar[type] = LatentSpec
+
+    def extent(self, i):
+        return (int(self.data.shape[-1]),)
 
 
 def type_name(t) -> str:

@@ -139,6 +139,9 @@ class Stage:
     params: ClassVar[dict[str, Param]] = {}
     extensions: ClassVar[tuple[str, ...]] = ()  # loaders: file suffixes accepted in folders
     replaces: ClassVar[str | None] = None  # a stage type of another plugin this one takes over (see plugins.py)
+    # The run's output folder, set by the runner before setup(): where a stage may write a report of the
+    # whole run beside the outputs (e.g. a CSV of scores). None outside a run.
+    output_dir: Path | None = None
 
     def __init__(self, label: str | None = None, **values):
         self.label = label or self.name.rsplit(".", 1)[-1]
@@ -278,10 +281,10 @@ def contract_problem(cls) -> str | None:
     if cls.consumes is not None and cls.consumes is not File and not (
             consumed and all(_is_signal_type(t) for t in consumed)):
         return (f"consumes {cls.consumes!r} must be a signal type from transmute.signals (Waveform, Spectrogram, "
-                "Images, Codes), a tuple of them, File (a loader) or None (a generator)")
+                "Images, Codes, Latents), a tuple of them, File (a loader) or None (a generator)")
     if cls.produces is not File and not _is_signal_type(cls.produces):
         return (f"produces {cls.produces!r} must be a signal type from transmute.signals "
-                "(Waveform, Spectrogram, Images, Codes) or File (a saver)")
+                "(Waveform, Spectrogram, Images, Codes, Latents) or File (a saver)")
     if cls.produces is File and cls.consumes in (File, None):
         what = "loads" if cls.consumes is File else "generates"
         return f"it {what} and saves (consumes {type_name(cls.consumes)}, produces file); a stage does one of them"

@@ -24,11 +24,8 @@ from pathlib import Path
 import click
 
 from transmute.errors import TransmuteError
+from transmute.metrics import PSNR_CAP_DB, psnr  # the cap is printed as "100.00" like any other value
 
-# PSNR of identical images is infinite. It is counted as this many dB (and any
-# higher value is capped to it), so a mean over images stays a number; the cap
-# is printed as "100.00" like any other value.
-PSNR_CAP_DB = 100.0
 FEATURE_BATCH = 32
 FD_NAME = "FD-EfficientNet-Lite0"
 # Below this many images the FD estimate is biased upward (the covariance of
@@ -39,16 +36,6 @@ TRANSLATION_PIPELINE = "image-translation"
 
 
 # --------------------------------------------------------------------------- metrics
-
-
-def psnr(prediction, target) -> float:
-    """PSNR in dB of two float arrays in [0, 1], capped at PSNR_CAP_DB (identical images reach the cap)."""
-    import numpy as np
-
-    mse = float(np.mean((np.asarray(prediction, dtype=np.float64) - np.asarray(target, dtype=np.float64)) ** 2))
-    if mse <= 10 ** (-PSNR_CAP_DB / 10):
-        return PSNR_CAP_DB
-    return min(PSNR_CAP_DB, -10 * math.log10(mse))
 
 
 def ssim(prediction, target) -> float:

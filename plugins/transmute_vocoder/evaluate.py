@@ -26,51 +26,12 @@ from pathlib import Path
 
 import click
 
+from transmute.metrics import quality
 from transmute_vocoder import DEFAULT_MODEL
 
-RATE = 16000  # PESQ-WB is defined at 16 kHz; the festival diphone voices have nothing above 8 kHz
 METRICS = ("pesq", "stoi", "lsd", "mrstft")
 METHODS = ("vocoder", "griffinlim", "true-phase")
 HIGHER_IS_BETTER = {"pesq": True, "stoi": True, "lsd": False, "mrstft": False}
-
-
-def log_spectral_distance(reference, degraded, floor_db: float = 60.0) -> float:
-    """Mean over frames of the RMS difference (dB) of the two power spectra, at 16 kHz."""
-    import torch
-
-    from transmute import dsp
-    from transmute.signals import FeatureSpec
-
-    spec = FeatureSpec(sample_rate=RATE, n_fft=512, hop_length=128, n_mels=0, power=2.0, log=False)
-    pair = torch.stack([torch.as_tensor(reference), torch.as_tensor(degraded)]).float()
-    X, _ = dsp.stft(pair, spec)
-    power = X.abs() ** 2
-    db = 10 * torch.log10(power.clamp_min(1e-10))
-    frame_db = db[0].max(dim=0).values
-    keep = frame_db > frame_db.max() - floor_db
-    diff = (db[0] - db[1])[:, keep]
-    return float(diff.pow(2).mean(dim=0).sqrt().mean())
-
-
-def quality(reference, degraded, sample_rate: int) -> dict[str, float]:
-    """PESQ-WB, STOI, LSD (16 kHz) and MR-STFT distance (at sample_rate) of degraded against reference."""
-    import numpy as np
-    import torch
-    from pesq import pesq
-    from pystoi import stoi
-
-    from transmute.audio import resample
-    from transmute_vocoder.task import loss_specs, stft_loss
-
-    n = min(len(reference), len(degraded))
-    reference, degraded = np.asarray(reference[:n], np.float32), np.asarray(degraded[:n], np.float32)
-    ref16 = resample(reference[:, None], sample_rate, RATE)[:, 0]
-    deg16 = resample(degraded[:, None], sample_rate, RATE)[:, 0]
-    with torch.no_grad():
-        mrstft = float(stft_loss(torch.from_numpy(degraded)[None], torch.from_numpy(reference)[None],
-                                 loss_specs(sample_rate)))
-    return {"pesq": float(pesq(RATE, ref16, deg16, "wb")), "stoi": float(stoi(ref16, deg16, RATE)),
-            "lsd": log_spectral_distance(ref16, deg16), "mrstft": mrstft}
 
 
 def resyntheses(net, spec, audio, name: str, gl_iters: int = 32):

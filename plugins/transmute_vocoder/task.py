@@ -24,6 +24,7 @@ from torch.nn import functional as F
 from transmute.checkpoint import Checkpoint
 from transmute.errors import TransmuteError
 from transmute.gan import adversarial_loss
+from transmute.metrics import loss_specs, stft_loss
 from transmute.signals import FeatureSpec
 from transmute.training import Context, Task, TrainingData, require_hparam
 
@@ -34,8 +35,6 @@ PLUGIN, MODEL, VERSION = "vocoder", "vocos", "1.0"
 # The voice converter's features (HiFi-GAN's mel settings with fmax 8000), so the
 # shipped vocoder takes what the shipped converter makes.
 FEATURES = FeatureSpec(sample_rate=22050, n_fft=1024, hop_length=256, n_mels=80, fmin=0, fmax=8000)
-# Parallel WaveGAN's three resolutions: (n_fft, hop, window).
-STFT_LOSS_RESOLUTIONS = ((1024, 120, 600), (2048, 240, 1200), (512, 50, 240))
 MIN_SECONDS = 2.0
 
 
@@ -126,26 +125,6 @@ def phase_loss(predicted: torch.Tensor, target: torch.Tensor, weight: torch.Tens
     gd = (anti_wrapped(torch.diff(predicted, dim=1) - torch.diff(target, dim=1)) * weight[:, 1:]).mean()
     iaf = (anti_wrapped(torch.diff(predicted, dim=2) - torch.diff(target, dim=2)) * weight[:, :, 1:]).mean()
     return ip + gd + iaf
-
-
-def stft_loss(output: torch.Tensor, target: torch.Tensor, specs: list[FeatureSpec]) -> torch.Tensor:
-    """Multi-resolution STFT loss: spectral convergence + L1 of log magnitudes, averaged over resolutions."""
-    from transmute import dsp
-
-    total = 0.0
-    for spec in specs:
-        y, _ = dsp.stft(output, spec)
-        x, _ = dsp.stft(target, spec)
-        y, x = y.abs(), x.abs()
-        convergence = torch.linalg.norm(x - y) / torch.linalg.norm(x).clamp_min(1e-5)
-        log_mag = F.l1_loss(torch.log(y.clamp_min(1e-5)), torch.log(x.clamp_min(1e-5)))
-        total = total + convergence + log_mag
-    return total / len(specs)
-
-
-def loss_specs(sample_rate: int) -> list[FeatureSpec]:
-    return [FeatureSpec(sample_rate=sample_rate, n_fft=n, hop_length=hop, win_length=win, n_mels=0, log=False)
-            for n, hop, win in STFT_LOSS_RESOLUTIONS]
 
 
 def cosine_decay(steps: int, decay_from: int = 0):
