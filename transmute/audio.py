@@ -158,3 +158,30 @@ def trim_silence(audio, top_db: float = 40.0, frame_length: int = 1024, hop_leng
         return audio
     start, end = loud[0] * hop_length, min(len(audio), (loud[-1] + 1) * hop_length)
     return audio[start:end] if end > start else audio
+
+
+def read_audio_folders(folders, sample_rate: int) -> tuple[dict, list[str]]:
+    """{'FOLDER/relative path': mono float32 samples at sample_rate} of every readable audio file under the
+    folders (a trainer's items, named as --sample-weights names them), and one line per file left out.
+
+    A folder without audio files is a TransmuteError; an unreadable file is left out and reported.
+    """
+    from transmute.errors import TransmuteError
+    from transmute.files import discover
+
+    audio, skipped = {}, []
+    for folder in folders:
+        files, _, problems = discover([str(folder)], is_audio_file)
+        skipped += [f"{path}: {reason}" for path, reason in problems]
+        if not files:
+            raise TransmuteError(f"{folder}: no audio files found")
+        for f in files:
+            try:
+                samples, _ = read_audio(f.path, sample_rate)
+            except TransmuteError as exc:
+                skipped.append(f"{f.path}: {exc}")
+                continue
+            if samples.shape[0]:
+                audio[f"{Path(folder).name}/{f.relative.as_posix()}"] = samples[:, 0].copy()
+    return audio, skipped
+

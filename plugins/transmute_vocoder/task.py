@@ -58,23 +58,9 @@ def validate_hparams(h: dict) -> None:
 
 def read_speech(folders: list[Path], sample_rate: int) -> tuple[dict, list[str]]:
     """{'FOLDER/relative path': mono float32 audio at sample_rate} of every readable file, and what was skipped."""
-    from transmute.audio import is_audio_file, read_audio
-    from transmute.files import discover
+    from transmute.audio import read_audio_folders
 
-    audio, skipped = {}, []
-    for folder in folders:
-        files, _, problems = discover([str(folder)], is_audio_file)
-        skipped += [f"{path}: {reason}" for path, reason in problems]
-        if not files:
-            raise TransmuteError(f"{folder}: no audio files found")
-        for f in files:
-            try:
-                samples, _ = read_audio(f.path, sample_rate)
-            except TransmuteError as exc:
-                skipped.append(f"{f.path}: {exc}")
-                continue
-            if samples.shape[0]:
-                audio[f"{Path(folder).name}/{f.relative.as_posix()}"] = samples[:, 0].copy()
+    audio, skipped = read_audio_folders(folders, sample_rate)
     seconds = sum(a.shape[0] for a in audio.values()) / sample_rate
     if seconds < MIN_SECONDS:
         unread = f"; {len(skipped)} files could not be read, e.g. {skipped[0]}" if skipped else ""
