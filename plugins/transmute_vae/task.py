@@ -1,0 +1,184 @@
+"""Training a VAE on small images, in the engine's loop; scoring inputs; the export with its calibration."""
+
+from __future__ import annotations
+
+import io
+import math
+from pathlib import Path
+
+import torch
+
+from transmute.checkpoint import Checkpoint
+from transmute.errors import TransmuteError
+from transmute.imagedata import ImageSet
+from transmute.signals import ImageSpec
+from transmute.training import Context, Task, require_hparam
+
+from transmute_vae.networks import PRESETS, VAE, bits_per_dim, count_parameters, dims, elbo_terms, iwae_nll
+
+PLUGIN, MODEL, VERSION = "vae", "vae", "1.0"
+SCORES = ("elbo", "iwae", "complexity")
+PERCENTILES = (50.0, 90.0, 95.0, 99.0, 99.5, 99.9)
+CALIBRATION_ITEMS = 1000
+SAMPLES = 8  # images in each sample grid
+
+
+def validate_hparams(h: dict) -> None:
+    need = require_hparam
+    for key in ("latent_dim", "width", "steps", "batch_size", "iw_samples"):
+        need(isinstance(h[key], int) and h[key] >= 1, f"{key} must be a whole number of at least 1, got {h[key]!r}")
+    need(h["beta"] >= 0, f"beta must be at least 0 (1: the plain VAE, above 1: beta-VAE), got {h['beta']!r}")
+    need(0 < h["lr"] < 1, f"lr must be a learning rate between 0 and 1, got {h['lr']!r}")
+    need(h["warmup"] >= 0, f"warmup must be at least 0 steps, got {h['warmup']!r}")
+    need(isinstance(h["shift"], int) and h["shift"] >= 0,
+         f"shift must be a whole number of pixels, at least 0, got {h['shift']!r}")
+
+
+def compressed_bits_per_dim(x: torch.Tensor) -> torch.Tensor:
+    """Each item's size as a PNG (zlib at level 9), in bits per sub-pixel: the input-complexity estimate
+    of Serra et al. (2020)."""
+    from PIL import Image
+
+    pixels = x.detach().float().cpu().add(1).mul(127.5).round().clamp(0, 255).to(torch.uint8)
+    out = []
+    for item in pixels:
+        array = item[0].numpy() if item.shape[0] == 1 else item.permute(1, 2, 0).numpy()
+        buffer = io.BytesIO()
+        Image.fromarray(array).save(buffer, format="PNG", compress_level=9)
+        out.append(8.0 * buffer.tell() / item.numel())
+    return torch.tensor(out)
+
+
+@torch.no_grad()
+def outlier_scores(net: VAE, x: torch.Tensor, samples: int, generator=None) -> dict[str, torch.Tensor]:
+    """Per item, in bits per sub-pixel (higher: more unusual): the negative ELBO (KL in closed form,
+    reconstruction over 4 draws), the importance-weighted bound with `samples` draws, and that bound minus
+    the input's PNG size (Serra et al., 2020: likelihoods favour simple inputs; subtracting how simple
+    they are corrects it)."""
+    rec = torch.stack([elbo_terms(net, x, generator)[0] for _ in range(4)]).mean(0)
+    mu, logvar = net.encode(x)
+    from transmute_vae.networks import gaussian_kl
+
+    elbo = bits_per_dim(rec + gaussian_kl(mu, logvar), x).cpu()
+    iwae = bits_per_dim(iwae_nll(net, x, samples, generator), x).cpu()
+    return {"elbo": elbo, "iwae": iwae, "complexity": iwae - compressed_bits_per_dim(x)}
+
+
+def score_batches(net: VAE, images: torch.Tensor, samples: int, device, batch: int = 64, seed: int = 0):
+    """outlier_scores over many images, a batch at a time, with a fixed seed (reproducible scores)."""
+    generator = torch.Generator(device=device).manual_seed(seed)
+    parts = [outlier_scores(net, images[i : i + batch].to(device), samples, generator)
+             for i in range(0, len(images), batch)]
+    return {k: torch.cat([p[k] for p in parts]) for k in SCORES}
+
+
+def percentiles(values: torch.Tensor) -> dict[str, float]:
+    q = torch.quantile(values.double(), torch.tensor([p / 100 for p in PERCENTILES], dtype=torch.double))
+    return {f"{p:g}": round(float(v), 5) for p, v in zip(PERCENTILES, q)}
+
+
+class VAETask(Task):
+    plugin = PLUGIN
+    model = MODEL
+    version = VERSION
+
+    def __init__(self, data: ImageSet, preset: str = "small", overrides: dict | None = None, name: str = ""):
+        if preset not in PRESETS:
+            raise TransmuteError(f"unknown preset '{preset}'; choose one of {', '.join(PRESETS)}")
+        self.preset, self.h = preset, dict(PRESETS[preset], **(overrides or {}))
+        validate_hparams(self.h)
+        self.images, self.name = data, name
+        _, self.channels, self.size, _ = data.pixels.shape
+        if self.size % 4:
+            raise TransmuteError(f"the images are {self.size} px; the VAE needs a multiple of 4 (give --size)")
+
+    def hparams(self) -> dict:
+        settings = {k: v for k, v in self.h.items() if k not in ("steps", "checkpoint_every", "sample_every")}
+        return {"preset": self.preset, **settings, "channels": self.channels, "size": self.size}
+
+    def setup(self, ctx: Context) -> None:
+        h = self.h
+        self.ctx = ctx
+        self.net = VAE(self.channels, self.size, h["latent_dim"], h["width"]).to(ctx.device)
+        self.run = ctx.wrap(self.net)
+        self.opt = torch.optim.Adam(self.net.parameters(), lr=h["lr"])
+        steps = h["steps"]
+        self.sched = torch.optim.lr_scheduler.LambdaLR(
+            self.opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)) * 0.95 + 0.05)
+        self.sample_x = self.images.tensor(range(0, len(self.images), max(1, len(self.images) // SAMPLES))[:SAMPLES])
+        self.steps_done = 0
+        self.sample_z = torch.randn(SAMPLES, h["latent_dim"], generator=torch.Generator().manual_seed(1))
+
+    def modules(self):
+        return {"vae": self.net}
+
+    def optimizers(self):
+        return {"vae": self.opt}
+
+    def schedulers(self):
+        return {"vae": self.sched}
+
+    def data(self) -> ImageSet:
+        return ImageSet(self.images.names, self.images.pixels, shift=self.h["shift"], mutation=self.h["mutation"])
+
+    def train_step(self, batch, step: int, ctx: Context) -> dict:
+        self.steps_done = step + 1
+        x = batch.to(ctx.device, non_blocking=True)
+        # The KL's weight rises from 0 to beta over the warm-up (Bowman et al., 2016), so the decoder learns
+        # to use z before the prior pulls q(z|x) onto it; the logged ELBO always counts the whole KL.
+        warm = min(1.0, (step + 1) / self.h["warmup"]) if self.h["warmup"] else 1.0
+        with ctx.autocast():
+            rec, kl, _ = elbo_terms(self.run, x)
+        rec, kl = rec.float(), kl.float()
+        loss = (rec + self.h["beta"] * warm * kl).mean() / dims(x)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.net.parameters(), 100.0)
+        self.opt.step()
+        scale = 1.0 / (dims(x) * math.log(2))
+        rec_bpd, kl_bpd = rec.detach().mean() * scale, kl.detach().mean() * scale
+        return {"rec_bpd": rec_bpd, "kl_bpd": kl_bpd, "elbo_bpd": rec_bpd + kl_bpd}
+
+    def write_samples(self, step: int, folder: Path) -> None:
+        from transmute_vae.viz import grid
+
+        net = self.net.eval()
+        with torch.no_grad():
+            x = self.sample_x.to(self.ctx.device)
+            mu, _ = net.encode(x)
+            rows = [list(x.cpu()), list(net.decode_image(mu).cpu()),
+                    list(net.decode_image(self.sample_z.to(self.ctx.device)).cpu())]
+        net.train()
+        folder.mkdir(parents=True, exist_ok=True)
+        grid(rows, folder / f"step{step:07d}.png", row_titles=["input", "reconstruction", "prior sample"])
+
+    def calibration(self) -> dict:
+        """Percentiles of each outlier score over (up to 1000 of) the training images: the thresholds."""
+        net = self.net.eval()
+        # Scoring 1000 images with 64 importance samples takes about 2 minutes on a CPU core: the final model
+        # gets that; an intermediate checkpoint's thresholds come from 100 images, which is enough to use it.
+        final = self.steps_done >= self.h["steps"]
+        items = min(CALIBRATION_ITEMS if final else CALIBRATION_ITEMS // 10, len(self.images))
+        pick = torch.linspace(0, len(self.images) - 1, items).round().long()
+        x = self.images.tensor(pick.tolist())
+        scores = score_batches(net, x, self.h["iw_samples"], self.ctx.device)
+        with torch.no_grad():
+            mu = torch.cat([net.encode(x[i : i + 256].to(self.ctx.device))[0].cpu() for i in range(0, len(x), 256)])
+        net.train()
+        # How much each latent's mean varies over the data: ~0 for a latent the encoder does not use.
+        return {"samples": self.h["iw_samples"], "items": len(pick),
+                "percentiles": {k: percentiles(v) for k, v in scores.items()},
+                "latent_std": [round(float(v), 4) for v in mu.std(0)]}
+
+    def export(self) -> Checkpoint:
+        tensors = {k: v.detach().float().cpu() for k, v in self.net.state_dict().items()}
+        return Checkpoint(
+            tensors=tensors, plugin=PLUGIN, model=MODEL, version=VERSION,
+            hparams={"channels": self.channels, "size": self.size, "latent_dim": self.h["latent_dim"],
+                     "width": self.h["width"], "beta": self.h["beta"], "preset": self.preset},
+            feature_spec=ImageSpec("L" if self.channels == 1 else "RGB", (-1.0, 1.0)),
+            extra={"calibration": self.calibration(), "trained_on": self.name},
+        )
+
+    def describe_size(self) -> str:
+        return f"{count_parameters(self.net) / 1e6:.2f}M parameters, {self.h['latent_dim']} latent dimensions"
