@@ -87,11 +87,11 @@ def test_training_logs_both_terms_and_calibrates(model):
 
     meta = read_metadata(model)
     calibration = meta["extra"]["calibration"]
-    assert set(calibration["percentiles"]) == {"elbo", "iwae", "complexity"}
+    assert set(calibration["percentiles"]) == {"elbo", "iwae", "complexity", "ratio"}
     p = calibration["percentiles"]["iwae"]
     assert p["50"] <= p["99"] <= p["99.9"] and len(calibration["latent_std"]) == 3
     lines = (model.parent / "log.jsonl").read_text().splitlines()
-    assert all(key in lines[-1] for key in ("rec_bpd", "kl_bpd", "elbo_bpd"))
+    assert all(key in lines[-1] for key in ("rec_bpd", "kl_bpd", "elbo_bpd", "background_elbo_bpd"))
 
 
 def test_shift_augmentation_moves_the_image_and_keeps_its_levels():
@@ -160,6 +160,19 @@ def test_outlier_pipeline_flags_noise_and_writes_every_score(model, digits_like,
     assert "noise" in flagged and flagged == {n for n, r in rows.items() if r["unusual"] == "yes"}
 
 
+def test_without_a_background_model_the_ratio_is_refused_and_auto_takes_complexity(digits_like, tmp_path):
+    data, _ = read_image_set([digits_like], 1, 12)
+    task = VAETask(data, "tiny", {"background": 0.0})
+    train(task, TrainConfig(out=tmp_path / "run", steps=2, batch_size=4, sample_every=0, progress=False))
+    model = tmp_path / "run" / "model.safetensors"
+    report = run("vae-outliers", [digits_like / "0"], tmp_path / "auto", overrides=[f"score.model='{model}'"])
+    header = (tmp_path / "auto" / "scores.csv").read_text().splitlines()[0]
+    assert len(report.written) == 12 and header == "name,elbo,iwae,complexity,threshold_complexity,unusual"
+    with pytest.raises(Exception, match="score 'ratio' needs a background model"):
+        run("vae-outliers", [digits_like / "0"], tmp_path / "ratio",
+            overrides=[f"score.model='{model}'", "score.score='ratio'"])
+
+
 def test_a_colour_pipeline_for_a_grayscale_model_is_refused(model, digits_like, tmp_path):
     report_error = None
     try:
@@ -201,15 +214,16 @@ def test_evaluation_reports_bits_and_auroc(model, digits_like):
 
 # ---------------------------------------------------------------- debiasing and helpers
 
-def test_debiasing_weights_even_out_an_over_represented_cluster():
+@pytest.mark.parametrize("density", ["kde", "histogram"])
+def test_debiasing_weights_even_out_an_over_represented_cluster(density):
     rng = np.random.default_rng(0)
     common = rng.normal(-2, 0.3, (90, 2))  # 90% of the data
     rare = rng.normal(2, 0.3, (10, 2))
-    weights = debiasing_weights(torch.tensor(np.concatenate([common, rare]), dtype=torch.float32))
+    weights = debiasing_weights(torch.tensor(np.concatenate([common, rare]), dtype=torch.float32), density)
     assert weights.mean().item() == pytest.approx(1.0, abs=1e-5)
     share_rare = weights[90:].sum() / weights.sum()
     assert share_rare > 0.3  # from 10% of the draws to about half
-    assert weights[90:].min() > weights[:90].max() * 0.9
+    assert weights[90:].min() > weights[:90].max() * 0.5
 
 
 def test_weights_command_names_items_as_the_trainers_do(model, digits_like, tmp_path):

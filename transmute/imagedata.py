@@ -308,8 +308,8 @@ class ImageSet(TrainingData):
     --sample-weights CSV names).
     """
 
-    def __init__(self, names: list[str], pixels, shift: int = 0, mutation: float = 0.0):
-        self.names, self.pixels, self.shift, self.mutation = list(names), pixels, shift, mutation
+    def __init__(self, names: list[str], pixels, shift: int = 0):
+        self.names, self.pixels, self.shift = list(names), pixels, shift
 
     def __len__(self) -> int:
         return len(self.names)
@@ -336,11 +336,6 @@ class ImageSet(TrainingData):
             s = self.shift
             padded = np.pad(item, ((0, 0), (s, s), (s, s)), mode="edge")
             item = padded[:, s - dy : s - dy + item.shape[1], s - dx : s - dx + item.shape[2]]
-        if self.mutation:
-            # Ren et al. (2019): a background model learns from inputs with this share of pixels replaced
-            # by random levels, which keeps their low-level statistics and breaks their meaning.
-            hit = rng.random(item.shape[1:]) < self.mutation
-            item = np.where(hit[None], rng.integers(0, 256, item.shape, dtype=np.uint8), item)
         return torch.from_numpy(np.ascontiguousarray(item)).float().div_(127.5).sub_(1.0)
 
 

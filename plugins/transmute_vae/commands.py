@@ -210,18 +210,26 @@ def arithmetic_command(model, base, minus, plus, out):
 @vae_group.command("weights")
 @MODEL_OPTION
 @click.argument("folders", nargs=-1, required=True, type=FOLDER)
+@click.option("--density", type=click.Choice(["kde", "histogram"]), default="kde", show_default=True,
+              help="kde: a kernel density in the joint latent space; histogram: DB-VAE's per-latent histograms "
+                   "(product over latents; more extreme).")
+@click.option("--bandwidth", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
+              help="kde: the kernel's width, in prior standard deviations.")
 @click.option("--bins", type=click.IntRange(min=2), default=10, show_default=True,
-              help="Histogram bins per latent.")
-@click.option("--alpha", type=click.FloatRange(min=0, min_open=True), default=0.01, show_default=True,
-              help="Smoothing: the larger, the closer the weights stay to uniform.")
+              help="histogram: bins per latent.")
+@click.option("--alpha", type=click.FloatRange(min=0, min_open=True), default=0.1, show_default=True,
+              help="Smoothing: the larger, the closer the weights stay to uniform (kde: a share of the mean "
+                   "density; histogram: added to each bin's share).")
 @click.option("-o", "--out", type=click.Path(dir_okay=False, path_type=Path), required=True,
               help="CSV of name,weight for --sample-weights of any trainer.")
-def weights_command(model, folders, bins, alpha, out):
-    """Per-image sampling weights that favour what a data set under-represents (DB-VAE, Amini et al., 2019).
+def weights_command(model, folders, density, bandwidth, bins, alpha, out):
+    """Per-image sampling weights that favour what a data set under-represents (the DB-VAE idea, Amini et
+    al., 2019).
 
-    The latent means of the images are histogrammed per latent; an image's
-    weight is the product over latents of 1 / (its bin's density + alpha), so
-    images in sparse regions of the latent space are drawn more often. The
+    The density of the images' latent means is estimated (a kernel density in
+    the latent space, or DB-VAE's histogram per latent); an image's weight is
+    1 / (its density + alpha), so images in sparse regions of the latent space
+    are drawn more often and over-represented kinds less. The
     names are those a trainer gives the same folders, so the CSV is ready for
     `transmute train ... --data FOLDERS --sample-weights CSV`.
     """
@@ -238,7 +246,7 @@ def weights_command(model, folders, bins, alpha, out):
     with torch.no_grad():
         mu = torch.cat([net.encode(data.tensor(range(i, min(i + 256, len(data)))))[0]
                         for i in range(0, len(data), 256)])
-    weights = debiasing_weights(mu, bins, alpha)
+    weights = debiasing_weights(mu, density, bandwidth, alpha, bins)
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(out) as tmp:
         tmp.write_text("name,weight\n" + "".join(f"{n},{w:.6g}\n" for n, w in zip(data.names, weights.tolist())),

@@ -80,9 +80,9 @@ def evaluate(model: str, folders: list[Path], limit: int = 0, samples: int = 0, 
     from transmute.errors import TransmuteError
     from transmute.imagedata import read_image_set
     from transmute_vae.stages import load_vae
-    from transmute_vae.task import SCORES, score_batches
+    from transmute_vae.task import score_batches
 
-    net, ckpt = load_vae(model)
+    net, background, ckpt = load_vae(model, background=True)
     k = samples or int(ckpt.extra.get("calibration", {}).get("samples", 64))
     data, problems = read_image_set(folders, net.channels, net.size)
     pixels = data.pixels
@@ -91,7 +91,8 @@ def evaluate(model: str, folders: list[Path], limit: int = 0, samples: int = 0, 
     say = progress or (lambda message: None)
     say(f"{len(pixels)} held-out images, {k} importance samples")
     as_float = lambda p: torch.from_numpy(p).float().div(127.5).sub(1.0)  # noqa: E731
-    held_out = score_batches(net, as_float(pixels), k, "cpu")
+    held_out = score_batches(net, as_float(pixels), k, "cpu", background=background)
+    names = list(held_out)
     result = {"model": str(model), "data": [str(f) for f in folders], "items": len(pixels), "samples": k,
               "beta": ckpt.hparams.get("beta"), "problems": problems,
               "bits_per_dim": {"elbo": float(held_out["elbo"].mean()), "iwae": float(held_out["iwae"].mean())}}
@@ -109,26 +110,25 @@ def evaluate(model: str, folders: list[Path], limit: int = 0, samples: int = 0, 
     result["outliers"] = {}
     for kind, array in sets.items():
         say(f"scoring {len(array)} {kind}")
-        scores = score_batches(net, as_float(array), k, "cpu")
+        scores = score_batches(net, as_float(array), k, "cpu", background=background)
         result["outliers"][kind] = {
             "items": len(array),
-            "mean": {s: float(scores[s].mean()) for s in SCORES},
-            "auroc": {s: auroc(held_out[s], scores[s]) for s in SCORES}}
+            "mean": {s: float(scores[s].mean()) for s in names},
+            "auroc": {s: auroc(held_out[s], scores[s]) for s in names}}
     if not result["outliers"]:
         raise TransmuteError("no outlier sets could be made")
     return result
 
 
 def table(result: dict) -> str:
-    from transmute_vae.task import SCORES
-
     lines = [f"{result['model']} (beta {result['beta']}): {result['items']} held-out images, bits/dim: "
              f"ELBO {result['bits_per_dim']['elbo']:.3f}, importance-weighted (K={result['samples']}) "
              f"{result['bits_per_dim']['iwae']:.3f}"]
     if "outliers" in result:
-        lines.append(f"{'outlier AUROC':<16}" + "".join(f"{s:>12}" for s in SCORES))
+        names = list(next(iter(result["outliers"].values()))["auroc"])
+        lines.append(f"{'outlier AUROC':<16}" + "".join(f"{s:>12}" for s in names))
         for kind, entry in result["outliers"].items():
-            lines.append(f"{kind:<16}" + "".join(f"{entry['auroc'][s]:>12.3f}" for s in SCORES))
+            lines.append(f"{kind:<16}" + "".join(f"{entry['auroc'][s]:>12.3f}" for s in names))
     return "\n".join(lines)
 
 

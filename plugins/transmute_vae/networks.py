@@ -13,14 +13,14 @@ LN2 = math.log(2.0)
 
 PRESETS = {
     # Two CPU cores, about 10 minutes for 28 px digits.
-    "small": {"latent_dim": 16, "width": 32, "beta": 1.0, "steps": 6000, "batch_size": 64, "lr": 1e-3,
-              "warmup": 500, "shift": 2, "mutation": 0.0, "checkpoint_every": 500, "sample_every": 1000, "iw_samples": 64},
+    "small": {"latent_dim": 16, "width": 32, "beta": 1.0, "steps": 3000, "batch_size": 128, "lr": 1e-3,
+              "warmup": 500, "shift": 2, "background": 0.2, "checkpoint_every": 500, "sample_every": 1000, "iw_samples": 64},
     # A GPU: wider, longer.
     "default": {"latent_dim": 32, "width": 64, "beta": 1.0, "steps": 30000, "batch_size": 128, "lr": 1e-3,
-                "warmup": 1000, "shift": 2, "mutation": 0.0, "checkpoint_every": 2000, "sample_every": 2000, "iw_samples": 128},
+                "warmup": 1000, "shift": 2, "background": 0.2, "checkpoint_every": 2000, "sample_every": 2000, "iw_samples": 128},
     # Tests.
     "tiny": {"latent_dim": 4, "width": 4, "beta": 1.0, "steps": 4, "batch_size": 4, "lr": 1e-3,
-             "warmup": 0, "shift": 1, "mutation": 0.0, "checkpoint_every": 2, "sample_every": 0, "iw_samples": 4},
+             "warmup": 0, "shift": 1, "background": 0.2, "checkpoint_every": 2, "sample_every": 0, "iw_samples": 4},
 }
 
 

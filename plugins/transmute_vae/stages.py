@@ -14,8 +14,9 @@ PLUGIN, MODEL, VERSION = "vae", "vae", "1.0"
 LATENT_FORMAT, LATENT_FORMAT_VERSION = "transmute-latents", 1
 
 
-def load_vae(ref: str, device="cpu"):
-    """(VAE in eval mode, checkpoint) of a VAE checkpoint or built-in name; one line for a wrong file."""
+def load_vae(ref: str, device="cpu", background: bool = False):
+    """(VAE in eval mode, checkpoint) of a VAE checkpoint or built-in name; one line for a wrong file.
+    With background=True: (VAE, background VAE or None, checkpoint)."""
     import torch
 
     from transmute.checkpoint import load_checkpoint, load_weights, resolve_model
@@ -23,9 +24,14 @@ def load_vae(ref: str, device="cpu"):
 
     ckpt = load_checkpoint(resolve_model(ref), plugin=PLUGIN, model=MODEL, version=VERSION)
     sizes = [int(ckpt.need("hparams", key)) for key in ("channels", "size", "latent_dim", "width")]
-    net = VAE(*sizes)
-    load_weights(net, ckpt.tensors, ckpt.path, dtype=torch.float32)
-    return net.eval().requires_grad_(False).to(device), ckpt
+    nets = {}
+    for name in ("vae", "background") if ckpt.hparams.get("background") else ("vae",):
+        nets[name] = VAE(*sizes)
+        load_weights(nets[name], ckpt.tensors, ckpt.path, prefix=f"{name}/", dtype=torch.float32)
+        nets[name] = nets[name].eval().requires_grad_(False).to(device)
+    if background:
+        return nets["vae"], nets.get("background"), ckpt
+    return nets["vae"], ckpt
 
 
 def model_id(ref) -> str:
@@ -169,9 +175,11 @@ class Score(_ModelStage):
     produces = Images
     params = {
         "model": MODEL_PARAM,
-        "score": Param(str, "complexity", "elbo: negative ELBO; iwae: the importance-weighted bound; "
-                       "complexity: iwae minus the input's PNG size (corrects likelihoods' bias to simple inputs)",
-                       choices=("elbo", "iwae", "complexity")),
+        "score": Param(str, "auto", "elbo: negative ELBO; iwae: the importance-weighted bound; "
+                       "complexity: iwae minus the input's PNG size (corrects likelihoods' bias to simple inputs); "
+                       "ratio: iwae minus the background model's (a likelihood ratio); auto: ratio where the "
+                       "model has a background model, else complexity",
+                       choices=("auto", "elbo", "iwae", "complexity", "ratio")),
         "percentile": Param(float, 99.0, "flag inputs scoring above this percentile of the training set",
                             choices=(50.0, 90.0, 95.0, 99.0, 99.5, 99.9)),
         "samples": Param(int, 0, "importance samples for iwae and complexity (0: as calibrated)", min=0),
@@ -188,9 +196,17 @@ class Score(_ModelStage):
         import io
 
         super().setup(device)
+        _, self.background, _ = load_vae(self.model, device, background=True)
+        if self.score == "auto":
+            self.score = "ratio" if self.background is not None else "complexity"
+        if self.score == "ratio" and self.background is None:
+            raise PipelineError(f"score 'ratio' needs a background model, and '{self.model}' was trained without "
+                                "one (--hparam background=0.2 trains one); choose score = \"complexity\"")
         calibration = self.ckpt.need("extra", "calibration")
         self.k = self.samples or int(calibration["samples"])
         self.threshold = float(calibration["percentiles"][self.score][f"{self.percentile:g}"])
+        self.columns = [k for k in ("elbo", "iwae", "complexity", "ratio")
+                        if k != "ratio" or self.background is not None]
         self.rows = None
         if self.csv and self.output_dir is not None:
             path = self.output_dir / self.csv
@@ -198,8 +214,7 @@ class Score(_ModelStage):
             self.rows = open(path, "a", encoding="utf-8", newline="")
             if new:
                 buffer = io.StringIO()
-                csv.writer(buffer).writerow(["name", "elbo", "iwae", "complexity", f"threshold_{self.score}",
-                                             "unusual"])
+                csv.writer(buffer).writerow(["name", *self.columns, f"threshold_{self.score}", "unusual"])
                 self.rows.write(buffer.getvalue())
 
     def process(self, signal: Images) -> Images:
@@ -210,19 +225,19 @@ class Score(_ModelStage):
         import torch
 
         from transmute.errors import InputWarning
-        from transmute_vae.task import SCORES, outlier_scores
+        from transmute_vae.task import outlier_scores
 
         x = self._fit(signal)
         if x.shape[1] != self.net.channels:  # a pass-through stage sees what images.load gave
             x = x.mean(1, keepdim=True) if self.net.channels == 1 else x.expand(-1, 3, -1, -1)
         generator = torch.Generator(device=self.device).manual_seed(self.seed)
-        scores = outlier_scores(self.net, x, self.k, generator)
+        scores = outlier_scores(self.net, x, self.k, generator, self.background)
         buffer = io.StringIO()
         writer = csv.writer(buffer)
         for i, name in enumerate(signal.names):
             value = float(scores[self.score][i])
             unusual = value > self.threshold
-            writer.writerow([name, *(f"{float(scores[k][i]):.4f}" for k in SCORES), f"{self.threshold:.4f}",
+            writer.writerow([name, *(f"{float(scores[k][i]):.4f}" for k in self.columns), f"{self.threshold:.4f}",
                              "yes" if unusual else "no"])
             if unusual:
                 warnings.warn(InputWarning(

@@ -17,7 +17,7 @@ from transmute.training import Context, Task, require_hparam
 from transmute_vae.networks import PRESETS, VAE, bits_per_dim, count_parameters, dims, elbo_terms, iwae_nll
 
 PLUGIN, MODEL, VERSION = "vae", "vae", "1.0"
-SCORES = ("elbo", "iwae", "complexity")
+SCORES = ("elbo", "iwae", "complexity", "ratio")  # ratio: models with a background model
 PERCENTILES = (50.0, 90.0, 95.0, 99.0, 99.5, 99.9)
 CALIBRATION_ITEMS = 1000
 SAMPLES = 8  # images in each sample grid
@@ -30,6 +30,8 @@ def validate_hparams(h: dict) -> None:
     need(h["beta"] >= 0, f"beta must be at least 0 (1: the plain VAE, above 1: beta-VAE), got {h['beta']!r}")
     need(0 < h["lr"] < 1, f"lr must be a learning rate between 0 and 1, got {h['lr']!r}")
     need(h["warmup"] >= 0, f"warmup must be at least 0 steps, got {h['warmup']!r}")
+    need(0 <= h["background"] < 1, f"background must be a share of pixels from 0 (no background model) to below 1, "
+                                   f"got {h['background']!r}")
     need(isinstance(h["shift"], int) and h["shift"] >= 0,
          f"shift must be a whole number of pixels, at least 0, got {h['shift']!r}")
 
@@ -50,26 +52,43 @@ def compressed_bits_per_dim(x: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def outlier_scores(net: VAE, x: torch.Tensor, samples: int, generator=None) -> dict[str, torch.Tensor]:
-    """Per item, in bits per sub-pixel (higher: more unusual): the negative ELBO (KL in closed form,
-    reconstruction over 4 draws), the importance-weighted bound with `samples` draws, and that bound minus
-    the input's PNG size (Serra et al., 2020: likelihoods favour simple inputs; subtracting how simple
-    they are corrects it)."""
-    rec = torch.stack([elbo_terms(net, x, generator)[0] for _ in range(4)]).mean(0)
-    mu, logvar = net.encode(x)
+def outlier_scores(net: VAE, x: torch.Tensor, samples: int, generator=None, background: VAE | None = None
+                   ) -> dict[str, torch.Tensor]:
+    """Per item, in bits per sub-pixel (higher: more unusual):
+    - elbo: the negative ELBO (KL in closed form, reconstruction over 4 draws);
+    - iwae: the importance-weighted bound with `samples` draws;
+    - complexity: iwae minus the input's PNG size (Serra et al., 2020: likelihoods favour simple inputs;
+      subtracting how simple they are corrects it);
+    - ratio (with a background model): iwae minus the background model's iwae, a likelihood ratio
+      (Ren et al., 2019): what the background model also explains (ink, smoothness) cancels, and what is
+      left is how well the input fits what the data set means."""
     from transmute_vae.networks import gaussian_kl
 
+    rec = torch.stack([elbo_terms(net, x, generator)[0] for _ in range(4)]).mean(0)
+    mu, logvar = net.encode(x)
     elbo = bits_per_dim(rec + gaussian_kl(mu, logvar), x).cpu()
     iwae = bits_per_dim(iwae_nll(net, x, samples, generator), x).cpu()
-    return {"elbo": elbo, "iwae": iwae, "complexity": iwae - compressed_bits_per_dim(x)}
+    scores = {"elbo": elbo, "iwae": iwae, "complexity": iwae - compressed_bits_per_dim(x)}
+    if background is not None:
+        scores["ratio"] = iwae - bits_per_dim(iwae_nll(background, x, samples, generator), x).cpu()
+    return scores
 
 
-def score_batches(net: VAE, images: torch.Tensor, samples: int, device, batch: int = 64, seed: int = 0):
+def score_batches(net: VAE, images: torch.Tensor, samples: int, device, batch: int = 64, seed: int = 0,
+                  background: VAE | None = None):
     """outlier_scores over many images, a batch at a time, with a fixed seed (reproducible scores)."""
     generator = torch.Generator(device=device).manual_seed(seed)
-    parts = [outlier_scores(net, images[i : i + batch].to(device), samples, generator)
+    parts = [outlier_scores(net, images[i : i + batch].to(device), samples, generator, background)
              for i in range(0, len(images), batch)]
-    return {k: torch.cat([p[k] for p in parts]) for k in SCORES}
+    return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+
+
+def mutate(x: torch.Tensor, share: float) -> torch.Tensor:
+    """x with about `share` of its pixels (all channels of each) replaced by random 8-bit levels: what the
+    background model learns from (Ren et al., 2019). The low-level statistics stay, the meaning goes."""
+    hit = torch.rand((x.shape[0], 1, *x.shape[2:]), device=x.device) < share
+    noise = torch.randint(0, 256, x.shape, device=x.device).float() / 127.5 - 1.0
+    return torch.where(hit, noise, x)
 
 
 def percentiles(values: torch.Tensor) -> dict[str, float]:
@@ -99,27 +118,31 @@ class VAETask(Task):
     def setup(self, ctx: Context) -> None:
         h = self.h
         self.ctx = ctx
-        self.net = VAE(self.channels, self.size, h["latent_dim"], h["width"]).to(ctx.device)
-        self.run = ctx.wrap(self.net)
-        self.opt = torch.optim.Adam(self.net.parameters(), lr=h["lr"])
+        self.nets = {"vae": VAE(self.channels, self.size, h["latent_dim"], h["width"]).to(ctx.device)}
+        if h["background"]:
+            self.nets["background"] = VAE(self.channels, self.size, h["latent_dim"], h["width"]).to(ctx.device)
+        self.net = self.nets["vae"]
+        self.run = {name: ctx.wrap(net) for name, net in self.nets.items()}
+        self.opt = {name: torch.optim.Adam(net.parameters(), lr=h["lr"]) for name, net in self.nets.items()}
         steps = h["steps"]
-        self.sched = torch.optim.lr_scheduler.LambdaLR(
-            self.opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)) * 0.95 + 0.05)
+        self.sched = {name: torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)) * 0.95 + 0.05)
+            for name, opt in self.opt.items()}
         self.sample_x = self.images.tensor(range(0, len(self.images), max(1, len(self.images) // SAMPLES))[:SAMPLES])
         self.steps_done = 0
         self.sample_z = torch.randn(SAMPLES, h["latent_dim"], generator=torch.Generator().manual_seed(1))
 
     def modules(self):
-        return {"vae": self.net}
+        return self.nets
 
     def optimizers(self):
-        return {"vae": self.opt}
+        return self.opt
 
     def schedulers(self):
-        return {"vae": self.sched}
+        return self.sched
 
     def data(self) -> ImageSet:
-        return ImageSet(self.images.names, self.images.pixels, shift=self.h["shift"], mutation=self.h["mutation"])
+        return ImageSet(self.images.names, self.images.pixels, shift=self.h["shift"])
 
     def train_step(self, batch, step: int, ctx: Context) -> dict:
         self.steps_done = step + 1
@@ -127,17 +150,27 @@ class VAETask(Task):
         # The KL's weight rises from 0 to beta over the warm-up (Bowman et al., 2016), so the decoder learns
         # to use z before the prior pulls q(z|x) onto it; the logged ELBO always counts the whole KL.
         warm = min(1.0, (step + 1) / self.h["warmup"]) if self.h["warmup"] else 1.0
-        with ctx.autocast():
-            rec, kl, _ = elbo_terms(self.run, x)
-        rec, kl = rec.float(), kl.float()
-        loss = (rec + self.h["beta"] * warm * kl).mean() / dims(x)
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.net.parameters(), 100.0)
-        self.opt.step()
         scale = 1.0 / (dims(x) * math.log(2))
-        rec_bpd, kl_bpd = rec.detach().mean() * scale, kl.detach().mean() * scale
-        return {"rec_bpd": rec_bpd, "kl_bpd": kl_bpd, "elbo_bpd": rec_bpd + kl_bpd}
+        out = {}
+        for name, inputs, beta in (("vae", x, self.h["beta"]), ("background", None, 1.0)):
+            if name not in self.nets:
+                continue
+            if inputs is None:
+                inputs = mutate(x, self.h["background"])
+            with ctx.autocast():
+                rec, kl, _ = elbo_terms(self.run[name], inputs)
+            rec, kl = rec.float(), kl.float()
+            loss = (rec + beta * warm * kl).mean() / dims(x)
+            self.opt[name].zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(self.nets[name].parameters(), 100.0)
+            self.opt[name].step()
+            rec_bpd, kl_bpd = rec.detach().mean() * scale, kl.detach().mean() * scale
+            if name == "vae":
+                out.update(rec_bpd=rec_bpd, kl_bpd=kl_bpd, elbo_bpd=rec_bpd + kl_bpd)
+            else:
+                out["background_elbo_bpd"] = rec_bpd + kl_bpd
+        return out
 
     def write_samples(self, step: int, folder: Path) -> None:
         from transmute_vae.viz import grid
@@ -154,31 +187,37 @@ class VAETask(Task):
 
     def calibration(self) -> dict:
         """Percentiles of each outlier score over (up to 1000 of) the training images: the thresholds."""
-        net = self.net.eval()
+        net, background = self.net.eval(), self.nets.get("background")
+        if background is not None:
+            background.eval()
         # Scoring 1000 images with 64 importance samples takes about 2 minutes on a CPU core: the final model
         # gets that; an intermediate checkpoint's thresholds come from 100 images, which is enough to use it.
         final = self.steps_done >= self.h["steps"]
         items = min(CALIBRATION_ITEMS if final else CALIBRATION_ITEMS // 10, len(self.images))
         pick = torch.linspace(0, len(self.images) - 1, items).round().long()
         x = self.images.tensor(pick.tolist())
-        scores = score_batches(net, x, self.h["iw_samples"], self.ctx.device)
+        scores = score_batches(net, x, self.h["iw_samples"], self.ctx.device, background=background)
         with torch.no_grad():
             mu = torch.cat([net.encode(x[i : i + 256].to(self.ctx.device))[0].cpu() for i in range(0, len(x), 256)])
-        net.train()
+        for module in self.nets.values():
+            module.train()
         # How much each latent's mean varies over the data: ~0 for a latent the encoder does not use.
         return {"samples": self.h["iw_samples"], "items": len(pick),
                 "percentiles": {k: percentiles(v) for k, v in scores.items()},
                 "latent_std": [round(float(v), 4) for v in mu.std(0)]}
 
     def export(self) -> Checkpoint:
-        tensors = {k: v.detach().float().cpu() for k, v in self.net.state_dict().items()}
+        tensors = {f"{name}/{k}": v.detach().float().cpu() for name, net in self.nets.items()
+                   for k, v in net.state_dict().items()}
         return Checkpoint(
             tensors=tensors, plugin=PLUGIN, model=MODEL, version=VERSION,
             hparams={"channels": self.channels, "size": self.size, "latent_dim": self.h["latent_dim"],
-                     "width": self.h["width"], "beta": self.h["beta"], "preset": self.preset},
+                     "width": self.h["width"], "beta": self.h["beta"], "preset": self.preset,
+                     "background": self.h["background"]},
             feature_spec=ImageSpec("L" if self.channels == 1 else "RGB", (-1.0, 1.0)),
             extra={"calibration": self.calibration(), "trained_on": self.name},
         )
 
     def describe_size(self) -> str:
-        return f"{count_parameters(self.net) / 1e6:.2f}M parameters, {self.h['latent_dim']} latent dimensions"
+        extra = " (and as many in the background model)" if "background" in self.nets else ""
+        return f"{count_parameters(self.net) / 1e6:.2f}M parameters{extra}, {self.h['latent_dim']} latent dimensions"
