@@ -80,7 +80,7 @@ def evaluate(model: str, folders: list[Path], limit: int = 0, samples: int = 0, 
     from transmute.errors import TransmuteError
     from transmute.imagedata import read_image_set
     from transmute_vae.stages import load_vae
-    from transmute_vae.task import score_batches
+    from transmute_vae.task import compressed_bits_per_dim, score_batches
 
     net, background, ckpt = load_vae(model, background=True)
     k = samples or int(ckpt.extra.get("calibration", {}).get("samples", 64))
@@ -95,7 +95,8 @@ def evaluate(model: str, folders: list[Path], limit: int = 0, samples: int = 0, 
     names = list(held_out)
     result = {"model": str(model), "data": [str(f) for f in folders], "items": len(pixels), "samples": k,
               "beta": ckpt.hparams.get("beta"), "problems": problems,
-              "bits_per_dim": {"elbo": float(held_out["elbo"].mean()), "iwae": float(held_out["iwae"].mean())}}
+              "bits_per_dim": {"elbo": float(held_out["elbo"].mean()), "iwae": float(held_out["iwae"].mean()),
+                               "png": float(compressed_bits_per_dim(as_float(pixels)).mean())}}
     if not outliers:
         return result
     count = len(pixels)
@@ -123,7 +124,8 @@ def evaluate(model: str, folders: list[Path], limit: int = 0, samples: int = 0, 
 def table(result: dict) -> str:
     lines = [f"{result['model']} (beta {result['beta']}): {result['items']} held-out images, bits/dim: "
              f"ELBO {result['bits_per_dim']['elbo']:.3f}, importance-weighted (K={result['samples']}) "
-             f"{result['bits_per_dim']['iwae']:.3f}"]
+             f"{result['bits_per_dim']['iwae']:.3f} (lossless PNG of the same images: "
+             f"{result['bits_per_dim']['png']:.3f})"]
     if "outliers" in result:
         names = list(next(iter(result["outliers"].values()))["auroc"])
         lines.append(f"{'outlier AUROC':<16}" + "".join(f"{s:>12}" for s in names))

@@ -78,11 +78,28 @@ def evaluate_images(model: str, folders: list[Path], limit: int = 0) -> dict:
             codes = encode(net, codebooks, pad_to_multiple(x, net.multiple, 2))
             y = decode(net, codebooks, codes)[..., :size, :size].clamp(-1, 1)
         count_codes(net, codes, counts)
-        for i, a, b in zip(chunk, x, y):
-            rows.append({"file": data.names[i], "psnr": psnr(((b + 1) / 2).numpy(), ((a + 1) / 2).numpy())})
+        grid = codes.shape[-2:] if net.levels == 1 else net.split_levels(codes)[0][0].shape[-2:]
+        baseline = grid_baseline(x, tuple(grid))
+        for i, a, b, c in zip(chunk, x, y, baseline):
+            rows.append({"file": data.names[i], "psnr": psnr(((b + 1) / 2).numpy(), ((a + 1) / 2).numpy()),
+                         "baseline_psnr": psnr(((c + 1) / 2).numpy(), ((a + 1) / 2).numpy())})
+    code_bits = math.log2(k) * int(h["groups"]) * int(np.prod(grid)) * (1.25 if net.levels == 2 else 1)
     return {"model": str(ckpt.path), "kind": "images", "images": len(rows),
-            "psnr": float(np.mean([r["psnr"] for r in rows])), **codebook_figures(counts, k),
-            "codebook_size": k, "files": rows}
+            "psnr": float(np.mean([r["psnr"] for r in rows])),
+            "baseline_psnr": float(np.mean([r["baseline_psnr"] for r in rows])),
+            "bits_per_image": code_bits, "baseline_bits_per_image": 8 * channels * int(np.prod(grid)),
+            "grid": list(map(int, grid)), **codebook_figures(counts, k), "codebook_size": k, "files": rows}
+
+
+def grid_baseline(x, grid: tuple[int, int]):
+    """The baseline a code grid must beat: each image averaged down to the grid's size at 8 bits a value
+    (about the codes' bit budget: 7 x 7 x 8 = 392 bits for a digit, against 7 x 7 x 9 = 441 for its codes)
+    and scaled back up (bicubic)."""
+    import torch.nn.functional as F
+
+    small = F.adaptive_avg_pool2d(x, grid)
+    small = ((small + 1) * 127.5).round().clamp(0, 255) / 127.5 - 1
+    return F.interpolate(small, size=x.shape[-2:], mode="bicubic", align_corners=False).clamp(-1, 1)
 
 
 def bits_per_second(hparams: dict, spec) -> float:
@@ -156,7 +173,10 @@ def table(result: dict) -> str:
                       f"perplexity {level['perplexity']:.1f}"
                       for name, level in zip(("", "top level: "), result["levels"]))
     if result["kind"] == "images":
-        lines += [f"{result['images']} images: reconstruction PSNR {result['psnr']:.2f} dB", usage]
+        lines += [f"{result['images']} images: reconstruction PSNR {result['psnr']:.2f} dB from "
+                  f"{result['bits_per_image']:.0f} bits of codes; baseline (averaged to the {result['grid'][0]} x "
+                  f"{result['grid'][1]} grid at 8 bits, {result['baseline_bits_per_image']} bits, bicubic back) "
+                  f"{result['baseline_psnr']:.2f} dB", usage]
         return "\n".join(lines)
     lines += [f"{result['recordings']} recordings: {result['bits_per_second']:.0f} bits/s of codes; {usage}",
               f"{'through':<22} " + " ".join(f"{m:>8}" for m in ("PESQ-WB", "STOI", "LSD dB", "MR-STFT"))]
