@@ -289,14 +289,22 @@ def read_pixels(path: Path, channels: int, size: int, background: int = 255):
             if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
                 rgba = img.convert("RGBA")
                 img = Image.alpha_composite(Image.new("RGBA", rgba.size, (background,) * 3 + (255,)), rgba)
-            img = img.convert("L" if channels == 1 else "RGB")
-            if img.size != (size, size):
-                img = img.resize((size, size), Image.BOX if min(img.size) >= size else Image.BICUBIC)
+            img = resize_square(img.convert("L" if channels == 1 else "RGB"), size)
             array = np.array(img, dtype=np.uint8)  # a copy: torch wants writable arrays
     except (OSError, ValueError, SyntaxError) as exc:
         raise TransmuteError(f"{path}: not a readable image ({' '.join(str(exc).split()) or type(exc).__name__})") \
             from None
     return array[None] if channels == 1 else array.transpose(2, 0, 1).copy()
+
+
+def resize_square(img, size: int):
+    """A Pillow image at size x size: area-averaged when shrinking, bicubic when enlarging; unchanged when it
+    is that size. The one resize of small-image models, for training, evaluation and their stages alike."""
+    from PIL import Image
+
+    if img.size == (size, size):
+        return img
+    return img.resize((size, size), Image.BOX if min(img.size) >= size else Image.BICUBIC)
 
 
 class ImageSet(TrainingData):

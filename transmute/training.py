@@ -356,6 +356,10 @@ def save_state(path: Path, task: Task, step: int, config: TrainConfig) -> None:
         tensors.update(flat)
         optim_meta[name] = meta
     tensors["rng/torch"] = torch.get_rng_state()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        # Noise drawn on the GPU (a VAE's z, a mask) comes from CUDA's generators, not the CPU's.
+        for index, state in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"rng/cuda/{index}"] = state
     schedulers = {name: s.state_dict() for name, s in task.schedulers().items()}
     extra = {"step": step, "optimizers": optim_meta, "schedulers": schedulers, "seed": config.seed,
              "batch_size": config.batch_size}
@@ -397,6 +401,10 @@ def load_state(path: Path, task: Task) -> int:
                 group["lr"] = base * fn(scheduler.last_epoch)
             scheduler._last_lr = [group["lr"] for group in scheduler.optimizer.param_groups]
     torch.set_rng_state(ckpt.need("tensors", "rng/torch").to(torch.uint8))
+    cuda_keys = sorted((k for k in ckpt.tensors if k.startswith("rng/cuda/")), key=lambda k: int(k.rsplit("/", 1)[-1]))
+    cuda_states = [ckpt.tensors[k] for k in cuda_keys]
+    if cuda_states and torch.cuda.is_available() and len(cuda_states) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all([state.to(torch.uint8).cpu() for state in cuda_states])
     return step
 
 

@@ -220,9 +220,11 @@ def arithmetic_command(model, base, minus, plus, out):
 @click.option("--alpha", type=click.FloatRange(min=0, min_open=True), default=0.1, show_default=True,
               help="Smoothing: the larger, the closer the weights stay to uniform (kde: a share of the mean "
                    "density; histogram: added to each bin's share).")
+@click.option("--prefix", default="", help="Put this before every name, to match a trainer that names items "
+                                          "by domain: 'a/' or 'b/' for a CycleGAN's trainA/ or trainB/.")
 @click.option("-o", "--out", type=click.Path(dir_okay=False, path_type=Path), required=True,
               help="CSV of name,weight for --sample-weights of any trainer.")
-def weights_command(model, folders, density, bandwidth, bins, alpha, out):
+def weights_command(model, folders, density, bandwidth, bins, alpha, prefix, out):
     """Per-image sampling weights that favour what a data set under-represents (the DB-VAE idea, Amini et
     al., 2019).
 
@@ -230,11 +232,15 @@ def weights_command(model, folders, density, bandwidth, bins, alpha, out):
     the latent space, or DB-VAE's histogram per latent); an image's weight is
     1 / (its density + alpha), so images in sparse regions of the latent space
     are drawn more often and over-represented kinds less. The
-    names are those a trainer gives the same folders, so the CSV is ready for
-    `transmute train ... --data FOLDERS --sample-weights CSV`.
+    names are those the trainers give the same folders (vae, vqvae; pix2pix
+    for its trainA/ or --a folder; a CycleGAN domain with --prefix a/ or b/),
+    so the CSV is ready for `transmute train ... --sample-weights CSV`.
     """
+    import csv
+
     import torch
 
+    from transmute.errors import TransmuteError
     from transmute.files import atomic_path
     from transmute.imagedata import read_image_set
     from transmute_vae.debias import debiasing_weights
@@ -246,11 +252,14 @@ def weights_command(model, folders, density, bandwidth, bins, alpha, out):
     with torch.no_grad():
         mu = torch.cat([net.encode(data.tensor(range(i, min(i + 256, len(data)))))[0]
                         for i in range(0, len(data), 256)])
+    if len(data) < 2:
+        raise TransmuteError(f"{', '.join(map(str, folders))}: {len(data)} image(s); weights need at least 2")
     weights = debiasing_weights(mu, density, bandwidth, alpha, bins)
     out.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out) as tmp:
-        tmp.write_text("name,weight\n" + "".join(f"{n},{w:.6g}\n" for n, w in zip(data.names, weights.tolist())),
-                       encoding="utf-8")
+    with atomic_path(out) as tmp, open(tmp, "w", encoding="utf-8", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["name", "weight"])
+        writer.writerows((prefix + n, f"{w:.6g}") for n, w in zip(data.names, weights.tolist()))
     ess = float(weights.sum() ** 2 / (weights ** 2).sum())
     top = torch.topk(weights, min(3, len(weights))).indices.tolist()
     click.echo(f"{out}: {len(weights)} weights (mean 1, from {float(weights.min()):.3g} to {float(weights.max()):.3g}; "

@@ -11,6 +11,8 @@ Two densities of the encoder's means:
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 DENSITIES = ("kde", "histogram")
@@ -24,8 +26,12 @@ def debiasing_weights(mu: torch.Tensor, density: str = "kde", bandwidth: float =
     much a lone item can be favoured. histogram: weight = product over latents
     of 1 / (its bin's share + alpha), with `bins` equal bins per latent.
     """
+    if mu.shape[0] < 2:
+        raise ValueError(f"debiasing weights need at least 2 items, got {mu.shape[0]}")
     if density == "kde":
-        log_w = -torch.log(_kde(mu.double(), bandwidth) + alpha * _kde(mu.double(), bandwidth).mean())
+        log_density = _log_kde(mu.double(), bandwidth)
+        floor = math.log(alpha) + torch.logsumexp(log_density, 0) - math.log(len(log_density))
+        log_w = -torch.logaddexp(log_density, torch.full_like(log_density, floor))
     elif density == "histogram":
         log_w = _histogram_log_weights(mu.double(), bins, alpha)
     else:
@@ -34,14 +40,16 @@ def debiasing_weights(mu: torch.Tensor, density: str = "kde", bandwidth: float =
     return (weights / weights.mean()).float()
 
 
-def _kde(mu: torch.Tensor, bandwidth: float, chunk: int = 2048) -> torch.Tensor:
-    """Leave-one-out Gaussian kernel density of each item among the others (unnormalised), in chunks so
-    memory stays bounded for large sets."""
+def _log_kde(mu: torch.Tensor, bandwidth: float, chunk: int = 2048) -> torch.Tensor:
+    """Log of each item's leave-one-out Gaussian kernel density among the others (unnormalised), in logs
+    (a narrow kernel in 16 dimensions underflows in plain numbers) and in chunks (bounded memory)."""
     n = mu.shape[0]
     out = torch.empty(n, dtype=mu.dtype)
     for start in range(0, n, chunk):
-        block = torch.cdist(mu[start : start + chunk], mu).pow(2).div(-2 * bandwidth ** 2).exp()
-        out[start : start + chunk] = (block.sum(1) - 1.0) / max(n - 1, 1)  # minus the item itself
+        log_k = torch.cdist(mu[start : start + chunk], mu).pow(2).div(-2 * bandwidth ** 2)
+        rows = torch.arange(log_k.shape[0])
+        log_k[rows, rows + start] = float("-inf")  # not the item itself
+        out[start : start + chunk] = torch.logsumexp(log_k, 1) - math.log(n - 1)
     return out
 
 

@@ -61,7 +61,11 @@ def emoji(folder: Path, count: int, channels: int, size: int):
 
     from transmute.imagedata import list_images, read_pixels
 
+    from transmute.errors import TransmuteError
+
     files = list(list_images(folder).values())
+    if not files:
+        raise TransmuteError(f"{folder}: no images for the emoji outlier set")
     step = max(1, len(files) // count)
     return np.stack([read_pixels(f, channels, size, background=0 if channels == 1 else 255)
                      for f in files[::step][:count]])

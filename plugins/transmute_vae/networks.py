@@ -57,6 +57,12 @@ class VAE(nn.Module):
                                      nn.Conv2d(w, 2 * channels, 3, 1, 1))
         self.width = w
 
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(reconstruction -log p(x|z), KL) per item, in nats, with one z ~ q(z|x): what training
+        differentiates (through forward, so DistributedDataParallel sees the call and syncs gradients)."""
+        rec, kl, _ = elbo_terms(self, x)
+        return rec, kl
+
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         mu, logvar = self.encoder(x).chunk(2, dim=1)
         return mu, logvar.clamp(-12.0, 8.0)
@@ -98,32 +104,39 @@ def dims(x: torch.Tensor) -> int:
     return int(x[0].numel())
 
 
-def elbo_terms(net: VAE, x: torch.Tensor, generator=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(reconstruction -log p(x|z), KL, mu) per item, in nats, with one sample z ~ q(z|x)."""
+def elbo_terms(net: VAE, x: torch.Tensor, eps: torch.Tensor | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(reconstruction -log p(x|z), KL, mu) per item, in nats, with one sample z = mu + sigma * eps
+    (eps: (n, latent_dim), standard normal; drawn here when not given)."""
     mu, logvar = net.encode(x)
-    eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
-    z = mu + torch.exp(0.5 * logvar) * eps
+    if eps is None:
+        eps = torch.randn_like(mu)
+    z = mu + torch.exp(0.5 * logvar) * eps.to(mu)
     mean, log_scale = net.decode(z)
-    rec = -discretised_logistic_log_prob(x, mean, log_scale).flatten(1).sum(1)
-    return rec, gaussian_kl(mu, logvar), mu
+    # The likelihood in float32 whatever the autocast: bf16 rounds the mean near +-1 by about the bin's width.
+    rec = -discretised_logistic_log_prob(x.float(), mean.float(), log_scale.float()).flatten(1).sum(1)
+    return rec, gaussian_kl(mu.float(), logvar.float()), mu
 
 
-def iwae_nll(net: VAE, x: torch.Tensor, samples: int, generator=None, chunk: int = 4096) -> torch.Tensor:
-    """-log p(x) per item, in nats, bounded from above with `samples` importance samples (Burda et al., 2016);
-    samples = 1 is the plain negative ELBO (a single-sample estimate)."""
+def iwae_nll(net: VAE, x: torch.Tensor, eps: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
+    """-log p(x) per item, in nats, bounded from above with K importance samples (Burda et al., 2016),
+    z = mu + sigma * eps for eps (K, n, latent_dim) standard normal; K = 1 is a single-sample negative
+    ELBO. The caller draws eps, so an item's draws need not depend on its batch."""
     mu, logvar = net.encode(x)
     std = torch.exp(0.5 * logvar)
-    n, d = mu.shape
+    samples, n, d = eps.shape
+    eps = eps.to(mu)
     per_pass = max(1, chunk // max(n, 1))
     weights = []
     for start in range(0, samples, per_pass):
-        k = min(per_pass, samples - start)
-        eps = torch.randn((k, n, d), generator=generator, device=mu.device, dtype=mu.dtype)
-        z = mu + std * eps  # (k, n, d)
+        e = eps[start : start + per_pass]
+        k = e.shape[0]
+        z = mu + std * e  # (k, n, d)
         mean, log_scale = net.decode(z.reshape(k * n, d))
-        log_px = discretised_logistic_log_prob(x.repeat(k, 1, 1, 1), mean, log_scale).flatten(1).sum(1).view(k, n)
+        log_px = discretised_logistic_log_prob(x.float().repeat(k, 1, 1, 1), mean.float(), log_scale.float()) \
+            .flatten(1).sum(1).view(k, n)
         log_pz = -0.5 * (z.pow(2) + math.log(2 * math.pi)).sum(-1)
-        log_qz = -0.5 * (eps.pow(2) + logvar + math.log(2 * math.pi)).sum(-1)
+        log_qz = -0.5 * (e.pow(2) + logvar + math.log(2 * math.pi)).sum(-1)
         weights.append(log_px + log_pz - log_qz)
     log_w = torch.cat(weights, 0)
     return -(torch.logsumexp(log_w, 0) - math.log(samples))

@@ -35,15 +35,14 @@ def load_vae(ref: str, device="cpu", background: bool = False):
 
 
 def model_id(ref) -> str:
-    """Names a latent space: the model file's name and a digest of its metadata (which holds the calibration
-    scores, so two trainings differ), read without loading the weights."""
+    """Names a latent space: a digest of the model's metadata (which holds the calibration scores, so two
+    trainings differ; a copy of the file under another name keeps it), read without loading the weights."""
     import hashlib
 
     from transmute.checkpoint import read_metadata, resolve_model
 
-    path = resolve_model(ref)
-    digest = hashlib.sha256(json.dumps(read_metadata(path), sort_keys=True).encode()).hexdigest()[:12]
-    return f"{path.stem}-{digest}"
+    digest = hashlib.sha256(json.dumps(read_metadata(resolve_model(ref)), sort_keys=True).encode()).hexdigest()
+    return f"vae-{digest[:16]}"
 
 
 def model_image_spec(ckpt) -> ImageSpec:
@@ -79,14 +78,23 @@ class _ModelStage(Stage):
         self.size = int(self.ckpt.need("hparams", "size"))
 
     def _fit(self, images: Images):
-        """The batch at the model's size (the runner batches same-size images; others are resized)."""
-        import torch.nn.functional as F
+        """The batch at the model's size and channels, on the 256 levels it was trained on; another size is
+        resized as training images were (transmute.imagedata.resize_square)."""
+        import numpy as np
+        import torch
+        from PIL import Image
 
-        x = images.data.to(self.device).float()
+        from transmute.imagedata import resize_square
+
+        x = images.data.float().add(1).mul(127.5).round().clamp(0, 255)
+        if x.shape[1] != self.net.channels:  # a pass-through stage (vae.score) sees what images.load gave
+            x = x.mean(1, keepdim=True).round() if self.net.channels == 1 else x.expand(-1, 3, -1, -1)
         if tuple(x.shape[-2:]) != (self.size, self.size):
-            x = F.interpolate(x, size=(self.size, self.size), mode="area" if x.shape[-1] > self.size else "bilinear",
-                              align_corners=None if x.shape[-1] > self.size else False)
-        return (x.add(1).mul(127.5).round().clamp(0, 255) / 127.5 - 1)  # the 256 levels the model was trained on
+            pixels = x.to(torch.uint8).cpu().numpy()
+            resized = [np.asarray(resize_square(Image.fromarray(p[0] if p.shape[0] == 1 else p.transpose(1, 2, 0)),
+                                                self.size)) for p in pixels]
+            x = torch.from_numpy(np.stack([r[None] if r.ndim == 2 else r.transpose(2, 0, 1) for r in resized]))
+        return x.float().div(127.5).sub(1.0).to(self.device)
 
 
 MODEL_PARAM = Param(str, DEFAULT_MODEL, "a VAE checkpoint (RUN/model.safetensors) or a built-in model name")
@@ -122,17 +130,24 @@ class Decode(_ModelStage):
 
     def check(self, incoming: LatentSpec) -> ImageSpec:
         meta = self._metadata()
-        self.require("dim", int(meta["hparams"]["latent_dim"]), incoming.dim,
-                     f"the latents come from another model than '{self.model}'")
+        if incoming.dim:  # 0: read from files, each checked as it comes
+            self.require("dim", int(meta["hparams"]["latent_dim"]), incoming.dim,
+                         f"the latents come from another model than '{self.model}'")
         return ImageSpec("L" if int(meta["hparams"]["channels"]) == 1 else "RGB", (-1.0, 1.0))
+
+    def setup(self, device) -> None:
+        super().setup(device)
+        self.own_id = model_id(self.model)
 
     def process(self, signal: Latents) -> Images:
         from transmute.errors import InputError
 
-        own = model_id(self.model)
-        if signal.spec.model_id and signal.spec.model_id != own:
-            raise InputError(f"latents of model '{signal.spec.model_id}' cannot be decoded by '{own}' "
+        if signal.spec.model_id and signal.spec.model_id != self.own_id:
+            raise InputError(f"latents of model '{signal.spec.model_id}' cannot be decoded by '{self.own_id}' "
                              f"({self.model}): each VAE has its own latent space")
+        if signal.data.shape[-1] != self.net.latent_dim:
+            raise InputError(f"{signal.data.shape[-1]}-dimensional latents cannot be decoded by '{self.model}', "
+                             f"whose latent space has {self.net.latent_dim} dimensions")
         return Images(self.net.decode_image(signal.data.to(self.device).float()), model_image_spec(self.ckpt),
                       list(signal.names))
 
@@ -182,7 +197,6 @@ class Score(_ModelStage):
                        choices=("auto", "elbo", "iwae", "complexity", "ratio")),
         "percentile": Param(float, 99.0, "flag inputs scoring above this percentile of the training set",
                             choices=(50.0, 90.0, 95.0, 99.0, 99.5, 99.9)),
-        "samples": Param(int, 0, "importance samples for iwae and complexity (0: as calibrated)", min=0),
         "csv": Param(str, "scores.csv", "file (in the output folder) the scores are written to; '' for none"),
         "seed": Param(int, 0, "random draws of the bounds (scores are reproducible)"),
     }
@@ -192,9 +206,6 @@ class Score(_ModelStage):
         return incoming
 
     def setup(self, device) -> None:
-        import csv
-        import io
-
         super().setup(device)
         _, self.background, _ = load_vae(self.model, device, background=True)
         if self.score == "auto":
@@ -203,49 +214,69 @@ class Score(_ModelStage):
             raise PipelineError(f"score 'ratio' needs a background model, and '{self.model}' was trained without "
                                 "one (--hparam background=0.2 trains one); choose score = \"complexity\"")
         calibration = self.ckpt.need("extra", "calibration")
-        self.k = self.samples or int(calibration["samples"])
+        # The thresholds hold for the number of importance samples they were computed with; fewer would
+        # loosen the bound, raise every score and flag more inputs.
+        self.k = int(calibration["samples"])
         self.threshold = float(calibration["percentiles"][self.score][f"{self.percentile:g}"])
         self.columns = [k for k in ("elbo", "iwae", "complexity", "ratio")
                         if k != "ratio" or self.background is not None]
-        self.rows = None
-        if self.csv and self.output_dir is not None:
-            path = self.output_dir / self.csv
-            new = not path.exists() or path.stat().st_size == 0
-            self.rows = open(path, "a", encoding="utf-8", newline="")
-            if new:
-                buffer = io.StringIO()
-                csv.writer(buffer).writerow(["name", *self.columns, f"threshold_{self.score}", "unusual"])
-                self.rows.write(buffer.getvalue())
+        self.header = ["name", *self.columns, f"threshold_{self.score}", "unusual"]
+        self.csv_path = self._csv_path()
+        self.rows = self._rows_already_there()
+
+    def _csv_path(self):
+        import os
+        from pathlib import Path
+
+        if not self.csv or self.output_dir is None:
+            return None
+        path = Path(self.output_dir) / self.csv
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # under torchrun each process writes its own share
+            path = path.with_name(f"{path.stem}.rank{os.environ.get('RANK', '0')}{path.suffix}")
+        return path
+
+    def _rows_already_there(self) -> dict:
+        """Rows of an earlier run into the same folder, kept for the inputs this run skips (their outputs are
+        there already); a file of other columns (another score or model) is replaced."""
+        import csv
+
+        if self.csv_path is None or not self.csv_path.is_file():
+            return {}
+        try:
+            with open(self.csv_path, encoding="utf-8", newline="") as handle:
+                lines = list(csv.reader(handle))
+        except (OSError, UnicodeDecodeError):
+            return {}
+        if not lines or lines[0] != self.header:
+            return {}
+        return {row[0]: row for row in lines[1:] if len(row) == len(self.header)}
 
     def process(self, signal: Images) -> Images:
         import csv
-        import io
         import warnings
-
-        import torch
+        import zlib
 
         from transmute.errors import InputWarning
+        from transmute.files import atomic_path
         from transmute_vae.task import outlier_scores
 
-        x = self._fit(signal)
-        if x.shape[1] != self.net.channels:  # a pass-through stage sees what images.load gave
-            x = x.mean(1, keepdim=True) if self.net.channels == 1 else x.expand(-1, 3, -1, -1)
-        generator = torch.Generator(device=self.device).manual_seed(self.seed)
-        scores = outlier_scores(self.net, x, self.k, generator, self.background)
-        buffer = io.StringIO()
-        writer = csv.writer(buffer)
+        seeds = [self.seed * 1_000_003 + zlib.crc32(name.encode()) for name in signal.names]
+        scores = outlier_scores(self.net, self._fit(signal), self.k, seeds, self.background)
         for i, name in enumerate(signal.names):
             value = float(scores[self.score][i])
             unusual = value > self.threshold
-            writer.writerow([name, *(f"{float(scores[k][i]):.4f}" for k in self.columns), f"{self.threshold:.4f}",
-                             "yes" if unusual else "no"])
+            # Keyed by name: an item scored again (the runner retries a failed batch item by item) keeps one row.
+            self.rows[name] = [name, *(f"{float(scores[k][i]):.4f}" for k in self.columns), f"{self.threshold:.4f}",
+                               "yes" if unusual else "no"]
             if unusual:
                 warnings.warn(InputWarning(
                     f"unusual input: {self.score} score {value:.3f} bits/dim is above {self.threshold:.3f}, the "
                     f"{self.percentile:g}th percentile of the training set of '{self.model}'", item=name))
-        if self.rows is not None:
-            self.rows.write(buffer.getvalue())
-            self.rows.flush()
+        if self.csv_path is not None:  # the whole file again, atomically: never a half-written row
+            with atomic_path(self.csv_path) as tmp, open(tmp, "w", encoding="utf-8", newline="") as handle:
+                writer = csv.writer(handle)
+                writer.writerow(self.header)
+                writer.writerows(self.rows.values())
         return signal
 
 
@@ -275,13 +306,10 @@ class LoadLatents(Stage):
     consumes = File
     produces = Latents
     extensions = ("latent",)
-    params = {"model": MODEL_PARAM}
+    params = {}
 
     def check(self, incoming) -> LatentSpec:
-        from transmute.checkpoint import read_metadata, resolve_model
-
-        meta = read_metadata(resolve_model(self.model))
-        return LatentSpec(int(meta["hparams"]["latent_dim"]))
+        return LatentSpec(dim=0)  # known only from the files; vae.decode checks each against its model
 
     def load(self, path) -> Latents:
         return read_latent(path)

@@ -51,34 +51,47 @@ def compressed_bits_per_dim(x: torch.Tensor) -> torch.Tensor:
     return torch.tensor(out)
 
 
+def item_noise(seeds: list[int], samples: int, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Standard normal draws for scoring, from one generator per item: (4, n, dim) for the ELBO's
+    reconstruction term and (samples, n, dim) for the importance-weighted bound. An item's scores then
+    depend on its seed alone, not on its batch or its place in it."""
+    rec, iw = [], []
+    for seed in seeds:
+        generator = torch.Generator().manual_seed(int(seed) % 2**63)
+        rec.append(torch.randn(4, dim, generator=generator))
+        iw.append(torch.randn(samples, dim, generator=generator))
+    return torch.stack(rec, 1), torch.stack(iw, 1)
+
+
 @torch.no_grad()
-def outlier_scores(net: VAE, x: torch.Tensor, samples: int, generator=None, background: VAE | None = None
+def outlier_scores(net: VAE, x: torch.Tensor, samples: int, seeds: list[int], background: VAE | None = None
                    ) -> dict[str, torch.Tensor]:
-    """Per item, in bits per sub-pixel (higher: more unusual):
+    """Per item, in bits per sub-pixel (higher: more unusual), item i's draws seeded with seeds[i]:
     - elbo: the negative ELBO (KL in closed form, reconstruction over 4 draws);
     - iwae: the importance-weighted bound with `samples` draws;
     - complexity: iwae minus the input's PNG size (Serra et al., 2020: likelihoods favour simple inputs;
       subtracting how simple they are corrects it);
-    - ratio (with a background model): iwae minus the background model's iwae, a likelihood ratio
-      (Ren et al., 2019): what the background model also explains (ink, smoothness) cancels, and what is
-      left is how well the input fits what the data set means."""
+    - ratio (with a background model): iwae minus the background model's iwae, with the same draws, a
+      likelihood ratio (Ren et al., 2019): what the background model also explains (ink, smoothness)
+      cancels, and what is left is how well the input fits what the data set means."""
     from transmute_vae.networks import gaussian_kl
 
-    rec = torch.stack([elbo_terms(net, x, generator)[0] for _ in range(4)]).mean(0)
+    rec_eps, iw_eps = item_noise(seeds, samples, net.latent_dim)
+    rec = torch.stack([elbo_terms(net, x, e)[0] for e in rec_eps]).mean(0)
     mu, logvar = net.encode(x)
     elbo = bits_per_dim(rec + gaussian_kl(mu, logvar), x).cpu()
-    iwae = bits_per_dim(iwae_nll(net, x, samples, generator), x).cpu()
+    iwae = bits_per_dim(iwae_nll(net, x, iw_eps), x).cpu()
     scores = {"elbo": elbo, "iwae": iwae, "complexity": iwae - compressed_bits_per_dim(x)}
     if background is not None:
-        scores["ratio"] = iwae - bits_per_dim(iwae_nll(background, x, samples, generator), x).cpu()
+        scores["ratio"] = iwae - bits_per_dim(iwae_nll(background, x, iw_eps), x).cpu()
     return scores
 
 
 def score_batches(net: VAE, images: torch.Tensor, samples: int, device, batch: int = 64, seed: int = 0,
                   background: VAE | None = None):
-    """outlier_scores over many images, a batch at a time, with a fixed seed (reproducible scores)."""
-    generator = torch.Generator(device=device).manual_seed(seed)
-    parts = [outlier_scores(net, images[i : i + batch].to(device), samples, generator, background)
+    """outlier_scores over many images, a batch at a time; image i's draws are seeded with seed + i."""
+    parts = [outlier_scores(net, images[i : i + batch].to(device), samples,
+                            [seed + j for j in range(i, min(i + batch, len(images)))], background)
              for i in range(0, len(images), batch)]
     return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
 
@@ -158,7 +171,7 @@ class VAETask(Task):
             if inputs is None:
                 inputs = mutate(x, self.h["background"])
             with ctx.autocast():
-                rec, kl, _ = elbo_terms(self.run[name], inputs)
+                rec, kl = self.run[name](inputs)
             rec, kl = rec.float(), kl.float()
             loss = (rec + beta * warm * kl).mean() / dims(x)
             self.opt[name].zero_grad(set_to_none=True)
