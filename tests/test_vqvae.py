@@ -363,10 +363,13 @@ def test_speech_eval_puts_the_codec_beside_the_vocoder_alone(speech_model, speec
     assert result.exit_code == 0, result.output
     figures = json.loads((tmp_path / "e.json").read_text())
     assert figures["bits_per_second"] == pytest.approx(np.log2(16) * 1 * SR / 256 / 2)  # tiny: 16 codes, 1 group
-    assert set(figures["methods"]) == {"codec", "vocoder"} and figures["recordings"] == 2
+    methods = {"codec", "vocoder", "codec_griffinlim", "griffinlim"}
+    assert set(figures["methods"]) == methods and figures["recordings"] == 2
     assert sorted((r["file"], r["method"]) for r in figures["files"]) == sorted(
-        (str(speech / f"v{i}.wav"), m) for i in range(2) for m in ("codec", "vocoder"))
+        (str(speech / f"v{i}.wav"), m) for i in range(2) for m in methods)
     assert "codes + vocoder" in result.output and "vocoder alone" in result.output
+    # Griffin-Lim from the true features is no worse than from the codes' reconstruction.
+    assert figures["methods"]["griffinlim"]["stoi"] >= figures["methods"]["codec_griffinlim"]["stoi"] - 0.02
 
 
 def test_eval_of_a_two_level_model_reports_each_level(two_level_model, digits, tmp_path):
