@@ -18,7 +18,7 @@ BUILTIN_MODEL := kal-slt
 BUILTIN_VOCODER := festival-vocos
 
 .PHONY: venv system-packages demo test test-fast bench corpus images-data digits-data model model-vocoder model-openmoji \
-	model-emoji eval-vocoder clean
+	model-emoji eval-vocoder model-vae model-vqvae model-speech-vqvae eval-latent clean
 
 venv: $(STAMP)
 
@@ -39,11 +39,19 @@ demo: $(STAMP)
 	$(BIN)/transmute convert-voice --direction b2a examples/speech/slt-*.wav -o demo-out/slt-to-kal
 	$(BIN)/transmute translate-images examples/images/line-art -o demo-out/line-art-to-colour
 	$(BIN)/transmute translate-images --model emoji-google-twitter examples/images/google -o demo-out/google-to-twitter
+	$(BIN)/transmute run vqvae-codec examples/speech -o demo-out/speech-codec
+	$(BIN)/transmute run vqvae-image-codec examples/digits -o demo-out/digits-codec
+	$(BIN)/transmute vae traverse --model digits-beta4-vae --input examples/digits/3-1529.png -o demo-out/vae/traverse.png
+	$(BIN)/transmute vae interpolate examples/digits/1-0529.png examples/digits/7-3529.png -o demo-out/vae/interpolate.png
+	$(BIN)/transmute run vae-outliers examples/digits examples/images/google -o demo-out/outliers
 	@echo "Listen: demo-out/resynthesize/ (log-mel and back with Griffin-Lim), demo-out/resynthesize-vocoder/"
 	@echo "(the same with the neural vocoder), demo-out/kal-to-slt/ and demo-out/slt-to-kal/ (voice conversion"
 	@echo "with the built-in converter), demo-out/kal-to-slt-vocoder/ (voiced by the vocoder); originals in examples/speech/"
 	@echo "Look: demo-out/line-art-to-colour/ (pix2pix, openmoji-color) and demo-out/google-to-twitter/"
 	@echo "(CycleGAN, emoji-google-twitter); originals in examples/images/"
+	@echo "Latent codecs: demo-out/speech-codec/ (speech through 1.5 kbit/s VQ-VAE codes and the vocoder),"
+	@echo "demo-out/digits-codec/ (digits through 7x7 codes), demo-out/vae/traverse.png and interpolate.png"
+	@echo "(the VAEs' latent spaces), demo-out/outliers/scores.csv (digits vs emoji: which the VAE flags)"
 
 # Installs the festival voices with apt-get where it can (root or password-less
 # sudo); elsewhere the tests that need them are skipped, with the reason.
@@ -117,6 +125,33 @@ model-emoji: $(STAMP) images-data
 	$(EMOJI_RUN) --steps 10000 $(if $(wildcard runs/emoji-google-twitter/checkpoints/last.safetensors),--resume)
 	$(EMOJI_RUN) --steps 16000 --resume
 	cp runs/emoji-google-twitter/model.safetensors plugins/transmute_cyclegan/models/emoji-google-twitter.safetensors
+
+# Reproduce the latent codecs' built-in models (2 CPU cores: the VAEs about 50 and 25 minutes, the digits
+# VQ-VAE about 10, the speech VQ-VAE about 30) and measure them (eval-latent, a few minutes).
+VAE_RUN = $(BIN)/transmute train vae --data data/digits/train --channels 1 --size 28 --preset small --seed 0
+model-vae: $(STAMP) digits-data
+	$(VAE_RUN) --beta 1 --out runs/digits-vae $(if $(wildcard runs/digits-vae/checkpoints/last.safetensors),--resume)
+	$(VAE_RUN) --beta 4 --hparam background=0 --out runs/digits-beta4-vae \
+	  $(if $(wildcard runs/digits-beta4-vae/checkpoints/last.safetensors),--resume)
+	cp runs/digits-vae/model.safetensors plugins/transmute_vae/models/digits-vae.safetensors
+	cp runs/digits-beta4-vae/model.safetensors plugins/transmute_vae/models/digits-beta4-vae.safetensors
+
+model-vqvae: $(STAMP) digits-data
+	$(BIN)/transmute train vqvae --data data/digits/train --kind images --channels 1 --size 28 --preset small --seed 0 \
+	  --out runs/digits-vqvae $(if $(wildcard runs/digits-vqvae/checkpoints/last.safetensors),--resume)
+	cp runs/digits-vqvae/model.safetensors plugins/transmute_vqvae/models/digits-vqvae.safetensors
+
+model-speech-vqvae: $(STAMP) corpus
+	$(BIN)/transmute train vqvae --data data/festival/train/kal --data data/festival/train/slt --kind speech \
+	  --preset small --seed 0 --out runs/speech-vqvae $(if $(wildcard runs/speech-vqvae/checkpoints/last.safetensors),--resume)
+	cp runs/speech-vqvae/model.safetensors plugins/transmute_vqvae/models/speech-vqvae.safetensors
+
+eval-latent: $(STAMP) digits-data corpus
+	$(BIN)/transmute eval vae --model digits-vae --data data/digits/test --json runs/digits-vae-eval.json
+	$(BIN)/transmute eval vae --model digits-beta4-vae --data data/digits/test --json runs/digits-beta4-vae-eval.json
+	$(BIN)/transmute eval vqvae --model digits-vqvae --data data/digits/test --json runs/digits-vqvae-eval.json
+	$(BIN)/transmute eval vqvae --model speech-vqvae --data data/festival/eval/kal --data data/festival/eval/slt \
+	  --limit 20 --json runs/speech-vqvae-eval.json
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py
