@@ -205,3 +205,15 @@ def test_paths_in_a_file_are_relative_to_it_and_set_paths_to_the_working_dir(tmp
 def test_channel_index_may_be_given_as_a_number(registry):
     p = build(RESYNTH, registry, ["load.channel=1"])
     assert p.stages[0].channel == "1"
+
+
+def test_a_number_set_on_a_string_parameter_is_its_text():
+    """`--set sample.class_name=3` parses as the TOML integer 3: a string parameter takes it as "3"
+    (class names such as digits are numbers); true and false stay refused."""
+    param = Param(str, "", "a class name")
+    assert param.validate(parse_value("3")) == "3"
+    assert param.validate(parse_value('"3"')) == "3"
+    with pytest.raises(ValueError, match="expected a string"):
+        param.validate(parse_value("true"))
+    with pytest.raises(ValueError, match="expected a string"):
+        param.validate(parse_value("1.5"))

@@ -171,9 +171,10 @@ def test_failing_plugins_are_listed_and_the_rest_works(transmute_cli_batch, ever
     assert {name: p["status"] for name, p in plugins.items()} == {
         "acme": "ok", "audio": "ok", "badhook": "failed", "broken": "failed", "clash": "ok", "echo": "ok",
         "future": "failed", "cyclegan_vc": "ok", "images": "ok", "pipelines": "ok", "pix2pix": "ok", "cyclegan": "ok",
-        "vocoder": "ok", "vae": "ok", "vqvae": "ok"}
+        "vocoder": "ok", "vae": "ok", "vqvae": "ok", "pixelcnn": "ok"}
     assert {name for name, p in plugins.items() if p["builtin"]} == {"audio", "cyclegan_vc", "images", "pipelines",
-                                                                     "pix2pix", "cyclegan", "vocoder", "vae", "vqvae"}
+                                                                     "pix2pix", "cyclegan", "vocoder", "vae", "vqvae",
+                                                                     "pixelcnn"}
     assert plugins["badhook"]["stages"] == []
 
     stages = ok(stages)
@@ -246,7 +247,7 @@ def test_a_stage_that_breaks_the_contract_is_refused_alone(transmute_cli_batch, 
     assert acme["warnings"] == ACME_WARNINGS
     assert acme["hooks"] == ["register_stages"]
     assert (plugins["future"]["status"], plugins["future"]["reason"]) == (
-        "failed", "needs plugin API >=99.0 (its requires_api), but this transmute provides 1.3: upgrade transmute, "
+        "failed", "needs plugin API >=99.0 (its requires_api), but this transmute provides 1.4: upgrade transmute, "
                   "or install a version of the plugin made for it")
 
     listing = ok(listing).splitlines()

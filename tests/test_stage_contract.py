@@ -69,16 +69,16 @@ def test_not_a_stage_class():
 
 def test_an_unmet_api_requirement_says_which_way_to_go():
     assert api_problem(">=99.0").endswith("upgrade transmute, or install a version of the plugin made for it")
-    for too_new in ("<1", ">=0.5,<1.0", "!=1.3"):
+    for too_new in ("<1", ">=0.5,<1.0", "!=1.4"):
         assert api_problem(too_new).endswith(
             "install a version of the plugin made for it, or a transmute that provides what it needs"), too_new
 
 
 def test_api_requirements():
-    assert PLUGIN_API_VERSION == "1.3"
-    for met in (">=1.0", ">=1.3", "1.3", ">=1", "==1.3", ">=1.0,<2", "<1.4", "!=0.9"):
+    assert PLUGIN_API_VERSION == "1.4"
+    for met in (">=1.0", ">=1.4", "1.4", ">=1", "==1.4", ">=1.0,<2", "<1.5", "!=0.9"):
         assert api_satisfies(met), met
-    for unmet in (">=1.4", ">1.3", "<1", ">=2,<3", "!=1.3"):
+    for unmet in (">=1.5", ">1.4", "<1", ">=2,<3", "!=1.4"):
         assert not api_satisfies(unmet), unmet
     assert api_satisfies(">=1.2", version="1.10")  # numbers, not strings
     with pytest.raises(ValueError, match="not a version requirement like '>=1.0'"):

@@ -16,7 +16,7 @@ from transmute.runner import run
 from transmute.training import TrainConfig, train
 
 from transmute_vae.debias import debiasing_weights
-from transmute_vae.evaluate import auroc, letters
+from transmute.outliers import auroc, letters
 from transmute_vae.networks import VAE, discretised_logistic_log_prob, gaussian_kl, iwae_nll
 from transmute_vae.task import VAETask
 

@@ -11,7 +11,7 @@ __version__ = "0.1.0"
 # plugin API). The minor grows when something is added, the major when something a
 # plugin may use changes or goes. A plugin states what it needs with
 # `requires_api = ">=1.0"` in its entry-point module.
-PLUGIN_API_VERSION = "1.3"
+PLUGIN_API_VERSION = "1.4"
 
 # The modules a plugin's own code may import (docs/writing-plugins.md, "The plugin
 # API"). Everything else (transmute.plugins, transmute.runner, ...)
@@ -32,7 +32,8 @@ PLUGIN_API_MODULES = (
     "transmute.imagedata",  # image translation data sets: layouts, augmentation, PairedImages, UnpairedImages
     "transmute.gan",  # adversarial losses, the CycleGAN objective, history buffer, PatchGAN, LR decay
     "transmute.pipeline",  # building pipelines from files or dicts
-    "transmute.viz",  # spectrogram PNGs for training samples
+    "transmute.viz",  # spectrogram PNGs for training samples, sheets of small images (sheet_png)
+    "transmute.outliers",  # outlier test sets for small-image likelihood models, AUROC, eval options
     "transmute.imaging",  # apply_image_network: an image-to-image network over Images of any size and mode
     "transmute.metrics",  # PSNR, PESQ-WB/STOI/LSD/MR-STFT: the quality figures evaluations share
     "transmute.cli",  # RunPrinter, workers_option, tf32_option: a command that runs a pipeline shows it as `run` does

@@ -229,3 +229,48 @@ def _process_started(pid: int) -> float | None:
         return boot + int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22, counted after "pid (comm)"
     except (OSError, ValueError, IndexError, StopIteration):
         return None
+
+
+class ScoreTable:
+    """A CSV of one row per item, keyed by its name (the first column), that a scoring stage rewrites whole and
+    atomically after each batch, so it never holds a half-written row. Rows of an earlier run into the same
+    folder with the same header are kept (the inputs that run skips have their outputs there already); a file
+    of other columns is replaced. Under torchrun each process writes its own file (NAME.rankN.csv)."""
+
+    def __init__(self, folder: Path | None, name: str, header: list[str]):
+        self.header = list(header)
+        self.path = None
+        if name and folder is not None:
+            path = Path(folder) / name
+            if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+                path = path.with_name(f"{path.stem}.rank{os.environ.get('RANK', '0')}{path.suffix}")
+            self.path = path
+        self.rows = self._rows_already_there()
+
+    def _rows_already_there(self) -> dict:
+        import csv
+
+        if self.path is None or not self.path.is_file():
+            return {}
+        try:
+            with open(self.path, encoding="utf-8", newline="") as handle:
+                lines = list(csv.reader(handle))
+        except (OSError, UnicodeDecodeError):
+            return {}
+        if not lines or lines[0] != self.header:
+            return {}
+        return {row[0]: row for row in lines[1:] if len(row) == len(self.header)}
+
+    def set(self, row: list[str]) -> None:
+        """Add or replace the row of item row[0] (an item scored again keeps one row)."""
+        self.rows[row[0]] = [str(v) for v in row]
+
+    def write(self) -> None:
+        import csv
+
+        if self.path is None:
+            return
+        with atomic_path(self.path) as tmp, open(tmp, "w", encoding="utf-8", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(self.header)
+            writer.writerows(self.rows.values())

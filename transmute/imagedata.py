@@ -307,6 +307,25 @@ def resize_square(img, size: int):
     return img.resize((size, size), Image.BOX if min(img.size) >= size else Image.BICUBIC)
 
 
+def fit_levels(images, channels: int, size: int):
+    """A batch of images in [-1, 1] (n, C, H, W) as a small-image model takes it: `channels` channels (the mean
+    of RGB, or grayscale repeated), size x size (resized as training images are, by resize_square), on the
+    256 levels: uint8 (n, channels, size, size)."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    x = images.detach().float().cpu().add(1).mul(127.5).round().clamp(0, 255)
+    if x.shape[1] != channels:  # a pass-through stage sees what images.load gave
+        x = x.mean(1, keepdim=True).round() if channels == 1 else x.expand(-1, 3, -1, -1)
+    x = x.to(torch.uint8)
+    if tuple(x.shape[-2:]) == (size, size):
+        return x
+    resized = [np.asarray(resize_square(Image.fromarray(p[0] if p.shape[0] == 1 else p.transpose(1, 2, 0)), size))
+               for p in x.numpy()]
+    return torch.from_numpy(np.stack([r[None] if r.ndim == 2 else r.transpose(2, 0, 1) for r in resized]))
+
+
 class ImageSet(TrainingData):
     """Small images (digits, emoji) decoded once and held in memory as uint8 (n, C, S, S).
 

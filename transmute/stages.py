@@ -81,6 +81,9 @@ class Param:
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise ValueError(f"expected a number, got {value!r}")
             value = float(value)
+        elif t is str and isinstance(value, int) and not isinstance(value, bool):
+            # `--set sample.class_name=3` parses as the TOML integer 3; a string parameter means "3".
+            value = str(value)
         elif t in _ACCEPTED:
             accepted, what = _ACCEPTED[t]
             if not isinstance(value, accepted):

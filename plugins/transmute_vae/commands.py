@@ -115,7 +115,7 @@ def traverse_command(model, image, dims, steps, span, out):
     import torch
 
     from transmute.errors import TransmuteError
-    from transmute_vae.viz import grid
+    from transmute.viz import sheet_png as grid
 
     net, ckpt = _load(model)
     activity = ckpt.extra.get("calibration", {}).get("latent_std") or [1.0] * net.latent_dim
@@ -159,7 +159,7 @@ def interpolate_command(model, start, end, steps, out):
     at its ends)."""
     import torch
 
-    from transmute_vae.viz import grid
+    from transmute.viz import sheet_png as grid
 
     net, _ = _load(model)
     x, _ = _images([start, end], net, "interpolation ends")
@@ -187,7 +187,7 @@ def arithmetic_command(model, base, minus, plus, out):
     """
     import torch
 
-    from transmute_vae.viz import grid
+    from transmute.viz import sheet_png as grid
 
     net, _ = _load(model)
     with torch.no_grad():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from transmute.errors import CheckpointError, PipelineError
+from transmute.files import ScoreTable
 from transmute.signals import File, Images, ImageSpec, Latents, LatentSpec
 from transmute.stages import Param, Stage
 
@@ -78,23 +79,10 @@ class _ModelStage(Stage):
         self.size = int(self.ckpt.need("hparams", "size"))
 
     def _fit(self, images: Images):
-        """The batch at the model's size and channels, on the 256 levels it was trained on; another size is
-        resized as training images were (transmute.imagedata.resize_square)."""
-        import numpy as np
-        import torch
-        from PIL import Image
+        """The batch at the model's size and channels, on the 256 levels it was trained on, in [-1, 1]."""
+        from transmute.imagedata import fit_levels
 
-        from transmute.imagedata import resize_square
-
-        x = images.data.float().add(1).mul(127.5).round().clamp(0, 255)
-        if x.shape[1] != self.net.channels:  # a pass-through stage (vae.score) sees what images.load gave
-            x = x.mean(1, keepdim=True).round() if self.net.channels == 1 else x.expand(-1, 3, -1, -1)
-        if tuple(x.shape[-2:]) != (self.size, self.size):
-            pixels = x.to(torch.uint8).cpu().numpy()
-            resized = [np.asarray(resize_square(Image.fromarray(p[0] if p.shape[0] == 1 else p.transpose(1, 2, 0)),
-                                                self.size)) for p in pixels]
-            x = torch.from_numpy(np.stack([r[None] if r.ndim == 2 else r.transpose(2, 0, 1) for r in resized]))
-        return x.float().div(127.5).sub(1.0).to(self.device)
+        return fit_levels(images.data, self.net.channels, self.size).float().div(127.5).sub(1.0).to(self.device)
 
 
 MODEL_PARAM = Param(str, DEFAULT_MODEL, "a VAE checkpoint (RUN/model.safetensors) or a built-in model name")
@@ -220,44 +208,14 @@ class Score(_ModelStage):
         self.threshold = float(calibration["percentiles"][self.score][f"{self.percentile:g}"])
         self.columns = [k for k in ("elbo", "iwae", "complexity", "ratio")
                         if k != "ratio" or self.background is not None]
-        self.header = ["name", *self.columns, f"threshold_{self.score}", "unusual"]
-        self.csv_path = self._csv_path()
-        self.rows = self._rows_already_there()
-
-    def _csv_path(self):
-        import os
-        from pathlib import Path
-
-        if not self.csv or self.output_dir is None:
-            return None
-        path = Path(self.output_dir) / self.csv
-        if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # under torchrun each process writes its own share
-            path = path.with_name(f"{path.stem}.rank{os.environ.get('RANK', '0')}{path.suffix}")
-        return path
-
-    def _rows_already_there(self) -> dict:
-        """Rows of an earlier run into the same folder, kept for the inputs this run skips (their outputs are
-        there already); a file of other columns (another score or model) is replaced."""
-        import csv
-
-        if self.csv_path is None or not self.csv_path.is_file():
-            return {}
-        try:
-            with open(self.csv_path, encoding="utf-8", newline="") as handle:
-                lines = list(csv.reader(handle))
-        except (OSError, UnicodeDecodeError):
-            return {}
-        if not lines or lines[0] != self.header:
-            return {}
-        return {row[0]: row for row in lines[1:] if len(row) == len(self.header)}
+        self.table = ScoreTable(self.output_dir, self.csv,
+                                ["name", *self.columns, f"threshold_{self.score}", "unusual"])
 
     def process(self, signal: Images) -> Images:
-        import csv
         import warnings
         import zlib
 
         from transmute.errors import InputWarning
-        from transmute.files import atomic_path
         from transmute_vae.task import outlier_scores
 
         seeds = [self.seed * 1_000_003 + zlib.crc32(name.encode()) for name in signal.names]
@@ -266,17 +224,13 @@ class Score(_ModelStage):
             value = float(scores[self.score][i])
             unusual = value > self.threshold
             # Keyed by name: an item scored again (the runner retries a failed batch item by item) keeps one row.
-            self.rows[name] = [name, *(f"{float(scores[k][i]):.4f}" for k in self.columns), f"{self.threshold:.4f}",
-                               "yes" if unusual else "no"]
+            self.table.set([name, *(f"{float(scores[k][i]):.4f}" for k in self.columns), f"{self.threshold:.4f}",
+                            "yes" if unusual else "no"])
             if unusual:
                 warnings.warn(InputWarning(
                     f"unusual input: {self.score} score {value:.3f} bits/dim is above {self.threshold:.3f}, the "
                     f"{self.percentile:g}th percentile of the training set of '{self.model}'", item=name))
-        if self.csv_path is not None:  # the whole file again, atomically: never a half-written row
-            with atomic_path(self.csv_path) as tmp, open(tmp, "w", encoding="utf-8", newline="") as handle:
-                writer = csv.writer(handle)
-                writer.writerow(self.header)
-                writer.writerows(self.rows.values())
+        self.table.write()
         return signal
 
 

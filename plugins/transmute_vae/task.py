@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import math
 from pathlib import Path
 
@@ -11,6 +10,7 @@ import torch
 from transmute.checkpoint import Checkpoint
 from transmute.errors import TransmuteError
 from transmute.imagedata import ImageSet
+from transmute.outliers import compressed_bits_per_dim
 from transmute.signals import ImageSpec
 from transmute.training import Context, Task, require_hparam
 
@@ -34,21 +34,6 @@ def validate_hparams(h: dict) -> None:
                                    f"got {h['background']!r}")
     need(isinstance(h["shift"], int) and h["shift"] >= 0,
          f"shift must be a whole number of pixels, at least 0, got {h['shift']!r}")
-
-
-def compressed_bits_per_dim(x: torch.Tensor) -> torch.Tensor:
-    """Each item's size as a PNG (zlib at level 9), in bits per sub-pixel: the input-complexity estimate
-    of Serra et al. (2020)."""
-    from PIL import Image
-
-    pixels = x.detach().float().cpu().add(1).mul(127.5).round().clamp(0, 255).to(torch.uint8)
-    out = []
-    for item in pixels:
-        array = item[0].numpy() if item.shape[0] == 1 else item.permute(1, 2, 0).numpy()
-        buffer = io.BytesIO()
-        Image.fromarray(array).save(buffer, format="PNG", compress_level=9)
-        out.append(8.0 * buffer.tell() / item.numel())
-    return torch.tensor(out)
 
 
 def item_noise(seeds: list[int], samples: int, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -186,7 +171,7 @@ class VAETask(Task):
         return out
 
     def write_samples(self, step: int, folder: Path) -> None:
-        from transmute_vae.viz import grid
+        from transmute.viz import sheet_png as grid
 
         net = self.net.eval()
         with torch.no_grad():
