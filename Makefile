@@ -18,7 +18,7 @@ BUILTIN_MODEL := kal-slt
 BUILTIN_VOCODER := festival-vocos
 
 .PHONY: venv system-packages demo test test-fast bench corpus images-data digits-data model model-vocoder model-openmoji \
-	model-emoji eval-vocoder model-vae model-vqvae model-speech-vqvae eval-latent clean
+	model-emoji eval-vocoder model-vae model-vqvae model-speech-vqvae eval-latent model-pixelcnn model-speech-pixelcnn eval-priors clean
 
 venv: $(STAMP)
 
@@ -44,6 +44,8 @@ demo: $(STAMP)
 	$(BIN)/transmute vae traverse --model digits-beta4-vae --input examples/digits/3-1529.png -o demo-out/vae/traverse.png
 	$(BIN)/transmute vae interpolate examples/digits/1-0529.png examples/digits/7-3529.png -o demo-out/vae/interpolate.png
 	$(BIN)/transmute run vae-outliers examples/digits examples/images/google -o demo-out/outliers
+	$(BIN)/transmute run sample-codes --count 64 -o demo-out/sample-codes
+	$(BIN)/transmute pixelcnn grid -o demo-out/pixelcnn/codes-grid.png
 	@echo "Listen: demo-out/resynthesize/ (log-mel and back with Griffin-Lim), demo-out/resynthesize-vocoder/"
 	@echo "(the same with the neural vocoder), demo-out/kal-to-slt/ and demo-out/slt-to-kal/ (voice conversion"
 	@echo "with the built-in converter), demo-out/kal-to-slt-vocoder/ (voiced by the vocoder); originals in examples/speech/"
@@ -52,6 +54,8 @@ demo: $(STAMP)
 	@echo "Latent codecs: demo-out/speech-codec/ (speech through 1.5 kbit/s VQ-VAE codes and the vocoder),"
 	@echo "demo-out/digits-codec/ (digits through 7x7 codes), demo-out/vae/traverse.png and interpolate.png"
 	@echo "(the VAEs' latent spaces), demo-out/outliers/scores.csv (digits vs emoji: which the VAE flags)"
+	@echo "Priors: demo-out/sample-codes/ (64 new digits: PixelCNN code maps through the VQ-VAE decoder),"
+	@echo "demo-out/pixelcnn/codes-grid.png (a row per digit from the code prior)"
 
 # Installs the festival voices with apt-get where it can (root or password-less
 # sudo); elsewhere the tests that need them are skipped, with the reason.
@@ -152,6 +156,30 @@ eval-latent: $(STAMP) digits-data corpus
 	$(BIN)/transmute eval vqvae --model digits-vqvae --data data/digits/test --json runs/digits-vqvae-eval.json
 	$(BIN)/transmute eval vqvae --model speech-vqvae --data data/festival/eval/kal --data data/festival/eval/slt \
 	  --limit 20 --json runs/speech-vqvae-eval.json
+
+# Reproduce the PixelCNN priors (2 CPU cores: the code prior about 10 minutes, the pixel prior about 45; the
+# code prior learns the codes of the shipped digits-vqvae) and measure them (eval-priors, a few minutes).
+PIXELCNN_RUN = $(BIN)/transmute train pixelcnn --data data/digits/train --conditional --preset small --seed 0
+model-pixelcnn: $(STAMP) digits-data
+	$(PIXELCNN_RUN) --codes-from digits-vqvae --out runs/digits-codes-pixelcnn \
+	  $(if $(wildcard runs/digits-codes-pixelcnn/checkpoints/last.safetensors),--resume)
+	$(PIXELCNN_RUN) --out runs/digits-pixelcnn $(if $(wildcard runs/digits-pixelcnn/checkpoints/last.safetensors),--resume)
+	cp runs/digits-codes-pixelcnn/model.safetensors plugins/transmute_pixelcnn/models/digits-codes-pixelcnn.safetensors
+	cp runs/digits-pixelcnn/model.safetensors plugins/transmute_pixelcnn/models/digits-pixelcnn.safetensors
+
+# The prior over the speech VQ-VAE's codes, conditioned on the speaker (about 35 minutes on 2 CPU cores).
+model-speech-pixelcnn: $(STAMP) corpus
+	$(BIN)/transmute train pixelcnn --data data/festival/train/kal --data data/festival/train/slt \
+	  --codes-from speech-vqvae --conditional --preset small --seed 0 --out runs/speech-codes-pixelcnn \
+	  $(if $(wildcard runs/speech-codes-pixelcnn/checkpoints/last.safetensors),--resume)
+	cp runs/speech-codes-pixelcnn/model.safetensors plugins/transmute_pixelcnn/models/speech-codes-pixelcnn.safetensors
+
+eval-priors: $(STAMP) digits-data corpus
+	$(BIN)/transmute eval pixelcnn --model digits-pixelcnn --data data/digits/test --json runs/digits-pixelcnn-eval.json
+	$(BIN)/transmute eval pixelcnn --model digits-codes-pixelcnn --data data/digits/test \
+	  --json runs/digits-codes-pixelcnn-eval.json
+	$(BIN)/transmute eval pixelcnn --model speech-codes-pixelcnn --data data/festival/eval/kal \
+	  --data data/festival/eval/slt --json runs/speech-codes-pixelcnn-eval.json
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py

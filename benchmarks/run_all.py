@@ -21,13 +21,15 @@ import bench_griffinlim  # noqa: E402
 import bench_image_memory  # noqa: E402
 import bench_image_translation  # noqa: E402
 import bench_mel_inversion  # noqa: E402
+import bench_pixelcnn_sampling  # noqa: E402
 import bench_training_profile  # noqa: E402
 import bench_vocoder  # noqa: E402
 import bench_voice_conversion  # noqa: E402
 import common  # noqa: E402
 
 BENCHMARKS = (bench_griffinlim, bench_mel_inversion, bench_cli_startup, bench_voice_conversion, bench_vocoder,
-              bench_image_memory, bench_training_profile, bench_batch_io, bench_image_translation)
+              bench_image_memory, bench_training_profile, bench_batch_io, bench_image_translation,
+              bench_pixelcnn_sampling)
 
 
 def main() -> int:
