@@ -46,6 +46,9 @@ def main() -> list[common.Row]:
     from transmute_pixelcnn.networks import cached_sample, count_parameters, naive_sample, uniforms
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
+    # Full fp32 on a GPU: with TF32 the naive sampler's 1x1 convolutions (cuDNN) and the cached one's matrix
+    # products (cuBLAS) would round differently and the samples could part.
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     net = _network(device)
     where = "GPU" if device == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     common.header(f"PixelCNN sampling: {SIZE[0]}x{SIZE[1]} code maps, {count_parameters(net) / 1e6:.2f}M "

@@ -151,9 +151,14 @@ def test_the_class_reaches_every_logit_even_the_first(which):
         assert differs.all(), f"class {k}: logits unmoved at {(~differs).nonzero().tolist()}"
 
 
-def test_width_and_head_must_be_multiples_of_the_channels():
-    with pytest.raises(ValueError, match="multiples of the channels"):
-        PixelCNN("pixels", dict(PRESETS["tiny"], width=8, head=9), channels=3)
+def test_colour_groups_need_not_divide_the_width_but_need_a_map_per_channel():
+    with pytest.raises(ValueError, match="at least the channels"):
+        PixelCNN("pixels", dict(PRESETS["tiny"], width=2, head=8), channels=3)
+    # The presets' widths (8, 48, 128) are no multiples of 3: the groups are then uneven, and still causal.
+    net = random_net("pixels", 3, width=8, open_relus=True)
+    size = (4, 5)
+    seen, before = dependence(net, size), strictly_before(size, 3)
+    assert not (seen & ~before).any() and not (before & ~seen).any()
 
 
 # --------------------------------------------------------------------------- the two samplers
@@ -520,9 +525,15 @@ def test_an_interrupted_run_resumes_to_the_uninterrupted_weights(pixel_model, bl
 
 # --------------------------------------------------------------------------- the shipped models
 
-SHIPPED = ("digits-codes-pixelcnn", "digits-pixelcnn")
-needs_shipped = pytest.mark.skipif(not all((MODELS / f"{m}.safetensors").is_file() for m in SHIPPED),
-                                   reason="the shipped PixelCNN models are not in plugins/transmute_pixelcnn/models")
+SHIPPED = ("digits-codes-pixelcnn", "digits-pixelcnn", "speech-codes-pixelcnn")
+
+
+def shipped(*names):
+    missing = [m for m in names if not (MODELS / f"{m}.safetensors").is_file()]
+    return pytest.mark.skipif(bool(missing), reason=f"not in plugins/transmute_pixelcnn/models: {', '.join(missing)}")
+
+
+needs_shipped = shipped(*SHIPPED)
 
 
 @needs_shipped
@@ -531,7 +542,7 @@ def test_the_shipped_models_are_listed():
     assert set(SHIPPED) <= listed
 
 
-@needs_shipped
+@shipped("digits-pixelcnn")
 def test_the_shipped_pixel_model_beats_png_on_held_out_digits(tmp_path):
     data = example_digits(tmp_path / "digits")
     report = tmp_path / "eval.json"
@@ -543,25 +554,128 @@ def test_the_shipped_pixel_model_beats_png_on_held_out_digits(tmp_path):
     assert f"{figures['nll']:.3f} bits/dim" in result.output
 
 
-@needs_shipped
+@shipped("digits-codes-pixelcnn")
 def test_the_shipped_code_prior_knows_each_digits_class():
     # The prior given the right digit is the likeliest for (nearly) every example: the conditioning works.
     from transmute.imagedata import read_image_set
-    from transmute_pixelcnn.task import encode_images, load_pixelcnn
+    from transmute_pixelcnn.codec import Codec
+    from transmute_pixelcnn.task import load_pixelcnn
 
     net, ckpt = load_pixelcnn("digits-codes-pixelcnn")
     data, problems = read_image_set([EXAMPLE_DIGITS], 1, 28)
     assert not problems and len(data) == 10
-    codes = torch.from_numpy(encode_images(ckpt.extra["code_spec"]["vqvae"], data.pixels)[0][:, 0].astype(np.int64))
+    codes = Codec(ckpt.extra["code_spec"]["vqvae"]).encode_images(data.pixels)
     with torch.no_grad():
         nll = torch.stack([net.nll(codes, torch.full((10,), k)) for k in range(10)])  # (class, image)
     truth = torch.tensor([ckpt.extra["classes"].index(Path(name).name[0]) for name in data.names])
     assert (nll.argmin(0) == truth).sum() >= 8, nll.argmin(0).tolist()
 
 
-@needs_shipped
+@shipped("digits-codes-pixelcnn")
 def test_the_documented_class_name_setting_draws_one_digit(tmp_path):
     # The pipeline's own comment and the plugin's README give: --set sample.class_name=3
     result = invoke("run", "sample-codes", "--count", "2", "-o", tmp_path / "threes", "--set", "sample.class_name=3")
     assert result.exit_code == 0, result.output
     assert len(pngs(tmp_path / "threes")) == 2
+
+
+# --------------------------------------------------------------------------- colour, classes, speech
+
+
+def test_a_colour_model_trains_at_the_presets_widths_samples_rgb_and_refuses_rgba(tmp_path):
+    root = tmp_path / "colour"
+    root.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        image = np.zeros((8, 8, 3), np.uint8)
+        image[..., i % 3] = 200
+        image[rng.integers(0, 8), :, :] = 255
+        Image.fromarray(image).save(root / f"{i}.png")
+    run = tmp_path / "run"
+    succeeded(invoke("train", "pixelcnn", "--data", root, "--channels", "3", "--size", "8", "--preset", "tiny",
+                     "--out", run))  # width and head 8: no multiple of 3
+    model = run / "model.safetensors"
+    succeeded(invoke("run", "pixelcnn-sample", "--count", "2", "-o", tmp_path / "s", "--set", f"sample.model={model}"))
+    samples = pngs(tmp_path / "s")
+    assert [a.shape for a in samples.values()] == [(8, 8, 3)] * 2
+    # Scoring loads images as the model learnt them: RGB; RGBA is refused before any work, naming the fix.
+    line = error_line(invoke("run", "pixelcnn-outliers", root, "-o", tmp_path / "o", "--set", f"score.model={model}",
+                             "--set", "load.mode=RGBA"))
+    assert "'mode'" in line and 'mode = "RGB"' in line
+    succeeded(invoke("run", "pixelcnn-outliers", root, "-o", tmp_path / "o", "--set", f"score.model={model}",
+                     "--set", "load.mode=RGB"))
+    with open(tmp_path / "o" / "scores.csv", newline="") as handle:
+        assert len(list(csv.DictReader(handle))) == 6
+
+
+def test_scores_given_a_class_are_judged_by_that_classs_thresholds(pixel_model, blobs, tmp_path):
+    calibration = load_checkpoint(pixel_model).extra["calibration"]
+    assert set(calibration["per_class"]) == {"a", "b"}
+    out = tmp_path / "b"
+    succeeded(invoke("run", "pixelcnn-outliers", blobs, "-o", out, "--set", f"score.model={pixel_model}",
+                     "--set", "score.class_name=b"))
+    with open(out / "scores.csv", newline="") as handle:
+        thresholds = {row["threshold"] for row in csv.DictReader(handle)}
+    assert thresholds == {f"{calibration['per_class']['b']['99']:.4f}"}
+    line = error_line(invoke("run", "pixelcnn-outliers", blobs, "-o", tmp_path / "z", "--set",
+                             f"score.model={pixel_model}", "--set", "score.class_name=zebra"))
+    assert "class_name 'zebra'" in line
+
+
+def test_with_several_data_folders_each_is_a_class_and_one_class_is_refused(blobs, tmp_path):
+    run = tmp_path / "run"
+    succeeded(invoke("train", "pixelcnn", "--data", blobs / "a", "--data", blobs / "b", *PIXEL_RUN, "--out", run))
+    assert load_checkpoint(run / "model.safetensors").extra["classes"] == ["a", "b"]
+    line = error_line(invoke("train", "pixelcnn", "--data", blobs / "a", "--data", blobs / "a", *PIXEL_RUN,
+                             "--out", tmp_path / "one"))
+    assert "at least two classes" in line
+
+
+SPEECH = ROOT / "examples" / "speech"
+
+
+@pytest.fixture(scope="module")
+def speech_model(tmp_path_factory):
+    root = tmp_path_factory.mktemp("speech")
+    for wav in sorted(SPEECH.glob("*.wav")):
+        (root / wav.name[:3]).mkdir(exist_ok=True)
+        shutil.copy(wav, root / wav.name[:3] / wav.name)
+    run = root / "run"
+    succeeded(invoke("train", "pixelcnn", "--data", root / "kal", "--data", root / "slt", "--codes-from",
+                     "speech-vqvae", "--conditional", "--preset", "tiny", "--out", run))
+    return root, run / "model.safetensors"
+
+
+def test_a_speech_code_prior_babbles_in_each_voice_at_the_length_asked(speech_model, tmp_path):
+    import soundfile as sf
+
+    root, model = speech_model
+    ckpt = load_checkpoint(model)
+    assert ckpt.extra["layout"] == "time" and ckpt.extra["classes"] == ["kal", "slt"]
+    assert ckpt.extra["map_size"] == [PRESETS["tiny"]["segment"], 4]  # 4 codes (groups) per position
+    speech = ckpt.extra["speech"]
+    out = tmp_path / "babble"
+    succeeded(invoke("run", "sample-codes-speech", "--count", "2", "-o", out, "--set", f"sample.model={model}",
+                     "--set", "sample.seconds=0.5"))
+    rows = -(-0.5 * speech["sample_rate"] // (speech["hop_length"] * speech["frames_per_row"]))
+    for wav in sorted(out.glob("*.wav")):
+        audio, rate = sf.read(wav)
+        assert rate == speech["sample_rate"]
+        assert len(audio) == rows * speech["frames_per_row"] * speech["hop_length"]
+        assert np.abs(audio).max() > 1e-3  # a voice, not silence
+    assert len(list(out.glob("*.wav"))) == 2
+    # An image pipeline is refused for it in one line.
+    line = error_line(invoke("run", "sample-codes", "--count", "1", "-o", tmp_path / "img",
+                             "--set", f"sample.model={model}"))
+    assert line.startswith("Error:")
+
+
+def test_a_speech_code_prior_is_evaluated_in_nats_per_code_with_speakers_from_one_folder(speech_model, tmp_path):
+    root, model = speech_model
+    report = tmp_path / "eval.json"
+    # One --data folder holding kal/ and slt/: the speakers are its sub-folders, as in training with two.
+    result = succeeded(invoke("eval", "pixelcnn", "--model", model, "--data", root, "--json", report))
+    figures = json.loads(report.read_text())
+    assert figures["items"] == 4 and figures["unit"] == "nats/code"
+    assert 0 < figures["nll"] < 1.2 * figures["baseline"]["uniform"]
+    assert "nll_given_class" in figures and "held-out recordings" in result.output

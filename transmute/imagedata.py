@@ -326,6 +326,18 @@ def fit_levels(images, channels: int, size: int):
     return torch.from_numpy(np.stack([r[None] if r.ndim == 2 else r.transpose(2, 0, 1) for r in resized]))
 
 
+def shift_edge(pixels, dy: int, dx: int):
+    """(..., H, W) numpy images moved by dy rows and dx columns, the edge pixels filling in (same shape)."""
+    import numpy as np
+
+    s = max(abs(int(dy)), abs(int(dx)))
+    if not s:
+        return pixels
+    pads = [(0, 0)] * (pixels.ndim - 2) + [(s, s), (s, s)]
+    padded = np.pad(pixels, pads, mode="edge")
+    return padded[..., s - dy : s - dy + pixels.shape[-2], s - dx : s - dx + pixels.shape[-1]]
+
+
 class ImageSet(TrainingData):
     """Small images (digits, emoji) decoded once and held in memory as uint8 (n, C, S, S).
 
@@ -359,10 +371,7 @@ class ImageSet(TrainingData):
 
         item = self.pixels[index]
         if self.shift:
-            dy, dx = rng.integers(-self.shift, self.shift + 1, size=2)
-            s = self.shift
-            padded = np.pad(item, ((0, 0), (s, s), (s, s)), mode="edge")
-            item = padded[:, s - dy : s - dy + item.shape[1], s - dx : s - dx + item.shape[2]]
+            item = shift_edge(item, *rng.integers(-self.shift, self.shift + 1, size=2))
         return torch.from_numpy(np.ascontiguousarray(item)).float().div_(127.5).sub_(1.0)
 
 

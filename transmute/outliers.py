@@ -11,6 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 
 KINDS = ("letters", "emoji", "noise", "inverted")
+# The training set's score percentiles a model stores: the thresholds a scoring stage can flag above.
+PERCENTILES = (50.0, 90.0, 95.0, 99.0, 99.5, 99.9)
 EMOJI_DEFAULTS = (Path("data/emoji-google-twitter"), Path("examples/images"))
 
 
@@ -95,6 +97,14 @@ def compressed_bits_per_dim(x):
         Image.fromarray(array).save(buffer, format="PNG", compress_level=9)
         out.append(8.0 * buffer.tell() / item.numel())
     return torch.tensor(out)
+
+
+def percentiles(values) -> dict[str, float]:
+    """{"99": value, ...}: the PERCENTILES of a 1-D tensor of scores, rounded to 5 decimals."""
+    import torch
+
+    q = torch.quantile(values.double(), torch.tensor([p / 100 for p in PERCENTILES], dtype=torch.double))
+    return {f"{p:g}": round(float(v), 5) for p, v in zip(PERCENTILES, q)}
 
 
 def outlier_sets(pixels, channels: int, size: int, emoji_folder: Path | None = None) -> dict:

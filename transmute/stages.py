@@ -261,6 +261,15 @@ _ROLE_METHODS = {"loader": ("load",), "generator": ("generate",), "transform": (
                  "saver": ("save", "suffix")}
 
 
+def item_seed(seed: int, name: str) -> int:
+    """The seed of one item of a generator (named NAME-i by the runner) or of a scored input: item i of a run
+    with `seed` gets seed * 1000003 + i (another name: its CRC-32), so it is the same at any batch size."""
+    import zlib
+
+    index = name.rsplit("-", 1)[-1]
+    return seed * 1_000_003 + (int(index) if index.isdigit() else zlib.crc32(name.encode()))
+
+
 def _is_signal_type(t) -> bool:
     from transmute.signals import Signal
 

@@ -24,7 +24,8 @@ def evaluate(model: str, folders: list[Path], limit: int = 0, outliers: bool = T
 
     from transmute.imagedata import read_image_set
     from transmute.outliers import auroc, compressed_bits_per_dim, outlier_sets
-    from transmute_pixelcnn.task import encode_images, folder_labels, load_pixelcnn, nll_batches, unit
+    from transmute.errors import TransmuteError
+    from transmute_pixelcnn.task import folder_labels, load_pixelcnn, nll_batches, unit
 
     say = progress or (lambda message: None)
     net, ckpt = load_pixelcnn(model)
@@ -35,11 +36,13 @@ def evaluate(model: str, folders: list[Path], limit: int = 0, outliers: bool = T
     if kind == "pixels":
         channels, size = net.channels, rows
     else:
-        size = int(ckpt.need("extra", "source_size")[0])
-        vqvae = ckpt.need("extra", "code_spec")["vqvae"]
-        from transmute_vqvae.stages import load_model
+        from transmute_pixelcnn.codec import Codec
 
-        channels = int(load_model(vqvae)[2].hparams["channels"])
+        size = int(ckpt.need("extra", "source_size")[0])
+        code = ckpt.need("extra", "code_spec")
+        codec = Codec(code["vqvae"])
+        codec.check(code["codebook_id"])
+        channels = codec.channels
     data, problems = read_image_set(folders, channels, size)
     pick = _pick(len(data), limit)
     pixels = data.pixels[pick]
@@ -49,7 +52,7 @@ def evaluate(model: str, folders: list[Path], limit: int = 0, outliers: bool = T
         """The model's input for uint8 images: the levels, or the VQ-VAE's codes of them."""
         if kind == "pixels":
             return torch.from_numpy(images.astype(np.int64))
-        return torch.from_numpy(encode_images(vqvae, images)[0][:, 0].astype(np.int64))
+        return codec.encode_images(images)
 
     def scores_of(images):
         nll = nll_batches(net, maps_of(images), None, "cpu")
@@ -65,8 +68,8 @@ def evaluate(model: str, folders: list[Path], limit: int = 0, outliers: bool = T
               "nll": float(held_out["nll"].mean())}
     if classes:  # the likelihood given the true class too, where the folders name it
         try:
-            labels, found = folder_labels(names)
-        except Exception:  # noqa: BLE001  images not in class folders: no conditional figure
+            labels, found = folder_labels(names, len(folders))
+        except TransmuteError:  # images not in class folders: no conditional figure
             labels = None
         if labels is not None and set(found) <= set(classes):
             y = torch.tensor([classes.index(found[i]) for i in labels])
@@ -101,10 +104,15 @@ def evaluate_speech(net, ckpt, model: str, folders: list[Path], limit: int, say)
     """A speech code prior on held-out recordings: nats per code over their whole code maps."""
     import torch
 
-    from transmute_pixelcnn.task import encode_speech, folder_labels, nll_batches
+    from transmute.errors import TransmuteError
+    from transmute_pixelcnn.codec import Codec
+    from transmute_pixelcnn.task import encode_speech, nll_batches, recording_labels
 
     classes = list(ckpt.extra.get("classes") or [])
-    maps, skipped, _ = encode_speech(ckpt.need("extra", "code_spec")["vqvae"], folders)
+    code = ckpt.need("extra", "code_spec")
+    codec = Codec(code["vqvae"])
+    codec.check(code["codebook_id"])
+    maps, skipped = encode_speech(codec, folders)
     names = sorted(maps)
     if limit:
         names = [names[i] for i in _pick(len(names), limit)]
@@ -117,8 +125,11 @@ def evaluate_speech(net, ckpt, model: str, folders: list[Path], limit: int, say)
               "codes": int(weights.sum()), "nll": float((nll * weights).sum() / weights.sum()),
               "baseline": code_baselines(torch.cat([t.flatten() for t in tensors]), net.values)}
     if classes:
-        labels, found = folder_labels(names)
-        if set(found) <= set(classes):
+        try:
+            labels, found = recording_labels(names, len(folders))
+        except TransmuteError:  # recordings not in speaker folders: no conditional figure
+            labels, found = None, []
+        if labels is not None and set(found) <= set(classes):
             given = torch.cat([nll_batches(net, t, torch.tensor([classes.index(found[k])]), "cpu")
                                for t, k in zip(tensors, labels)]).double()
             result["nll_given_class"] = float((given * weights).sum() / weights.sum())

@@ -10,8 +10,9 @@ import math
 
 from transmute.errors import CheckpointError, InputError, PipelineError
 from transmute.files import ScoreTable
+from transmute.outliers import PERCENTILES
 from transmute.signals import Codes, CodeSpec, Images, ImageSpec
-from transmute.stages import Param, Stage
+from transmute.stages import Param, Stage, item_seed
 
 from transmute_pixelcnn import DEFAULT_MODEL, PIXELS_MODEL
 
@@ -52,14 +53,6 @@ def output_spec(meta: dict):
     return CodeSpec(codebook_size=int(code["codebook_size"]), codebook_id=code["codebook_id"], source=code["source"])
 
 
-def item_seed(seed: int, name: str) -> int:
-    """Sample NAME-i of a run is drawn with seed (seed, i): the same at any batch size."""
-    import zlib
-
-    index = name.rsplit("-", 1)[-1]
-    return seed * 1_000_003 + (int(index) if index.isdigit() else zlib.crc32(name.encode()))
-
-
 class Sampler:
     """A trained PixelCNN, ready to draw maps; for a code model also the VQ-VAE that decodes them."""
 
@@ -71,16 +64,16 @@ class Sampler:
         self.classes = list(self.ckpt.extra.get("classes") or [])
         self.size = tuple(int(n) for n in self.ckpt.need("extra", "map_size"))
         self.layout = self.ckpt.extra.get("layout", "image")
-        self.decoder = None
+        self.codec = None
         if decoder and self.layout == "time":
             raise PipelineError(f"'{ref}' is a prior over speech codes: sample it with `transmute run "
                                 "sample-codes-speech`")
         if decoder and self.net.kind == "codes":
-            from transmute_vqvae.stages import load_model
+            from transmute_pixelcnn.codec import Codec
 
-            vqvae = self.ckpt.need("extra", "code_spec")["vqvae"]
-            net, codebooks, _ = load_model(vqvae, device)
-            self.decoder = (net, codebooks)
+            code = self.ckpt.need("extra", "code_spec")
+            self.codec = Codec(code["vqvae"], device)
+            self.codec.check(code["codebook_id"])
 
     def label_tensor(self, labels):
         import torch
@@ -101,10 +94,10 @@ class Sampler:
 
     def images(self, seeds, labels=None, temperature=1.0, top_k=0, top_p=1.0):
         """(n, C, H, W) images in [-1, 1]: pixel samples, or code samples through the VQ-VAE's decoder."""
-        from transmute_pixelcnn.task import as_images, decode_codes
+        from transmute_pixelcnn.task import as_images
 
         maps = self.maps(seeds, labels, temperature, top_k, top_p)
-        return as_images(maps).cpu() if self.net.kind == "pixels" else decode_codes(self.decoder, maps).cpu()
+        return as_images(maps).cpu() if self.net.kind == "pixels" else self.codec.decode_images(maps)
 
 
 class _Sample(Stage):
@@ -192,7 +185,7 @@ class _Score(Stage):
     params = {
         "model": MODEL_PARAM,
         "percentile": Param(float, 99.0, "flag inputs scoring above this percentile of the training set",
-                            choices=(50.0, 90.0, 95.0, 99.0, 99.5, 99.9)),
+                            choices=PERCENTILES),
         "class_name": Param(str, "", "a conditional model scores every input as this class; '' by its likelihood "
                                 "under any class (the mean of p(x | class) over the classes)"),
         "csv": Param(str, "scores.csv", "file (in the output folder) the scores are written to; '' for none"),
@@ -202,9 +195,17 @@ class _Score(Stage):
         meta = model_meta(self.model)
         need_kind(meta, self.model, self.kind_needed, "pixelcnn.score", "pixelcnn.score_codes")
         want = output_spec(meta)
+        classes = (meta.get("extra") or {}).get("classes") or []
+        if self.class_name and self.class_name not in classes:
+            raise PipelineError(f"class_name '{self.class_name}': the model '{self.model}' knows "
+                                f"{', '.join(classes) if classes else 'no classes (it is unconditional)'}")
         if isinstance(want, ImageSpec):
             if not isinstance(incoming, ImageSpec):
                 raise PipelineError(f"the model '{self.model}' scores images, got {type(incoming).__name__}")
+            # The model learnt opaque images: an alpha channel would be scored as another colour channel.
+            self.require("mode", want.mode, incoming.mode,
+                         f"the model '{self.model}' scores {want.mode} images; set mode = \"{want.mode}\" on the "
+                         "images.load stage")
             self.require("value_range", (-1.0, 1.0), incoming.value_range,
                          "set value_range = [-1, 1] on the images.load stage")
         else:
@@ -221,8 +222,13 @@ class _Score(Stage):
         calibration = self.sampler.ckpt.need("extra", "calibration")
         self.unit = calibration["unit"]
         self.threshold = float(calibration["percentiles"][f"{self.percentile:g}"])
-        if self.class_name:
+        if self.class_name:  # scored given the class: compared with that class's items given their class
             self.sampler.label_index(self.class_name)
+            per_class = calibration.get("per_class", {}).get(self.class_name)
+            if per_class is None:
+                raise PipelineError(f"the model '{self.model}' has no thresholds for class '{self.class_name}' "
+                                    "(too few of its items, or an older model); leave class_name out")
+            self.threshold = float(per_class[f"{self.percentile:g}"])
         column = "bits_per_dim" if self.unit == "bits/dim" else "nats_per_code"
         self.table = ScoreTable(self.output_dir, self.csv, ["name", column, "threshold", "unusual"])
 
@@ -238,21 +244,25 @@ class _Score(Stage):
 
             size = s.size[0]
             x = fit_levels(signal.data, net.channels, size).long().to(self.device)
-        elif s.layout == "time":  # any length; the prior's rows are the map's columns
-            if any(tuple(size) != tuple(signal.sizes[0]) for size in signal.sizes):
-                raise InputError("code maps of different lengths in one batch; score them with batch_size = 1")
-            x = signal.data.long().transpose(1, 2).to(self.device)
+        elif s.layout == "time":  # any length, each item alone; the prior's rows are the map's columns
+            maps = [signal.data[i, : h, : w].long().T[None].to(self.device) for i, (h, w) in enumerate(signal.sizes)]
+            with torch.inference_mode():
+                return torch.cat([score_of(net.kind, item_nll(net, m, self._labels(1))).cpu() for m in maps])
         else:
             x = signal.data.long().to(self.device)
             rows, cols = s.size
             if any(tuple(size) != (rows, cols) for size in signal.sizes):
                 raise InputError(f"code maps of {signal.sizes[0][0]}x{signal.sizes[0][1]}, but the prior learnt "
                                  f"{rows}x{cols} maps")
-        labels = None
-        if self.class_name:
-            labels = torch.full((len(x),), s.label_index(self.class_name), device=self.device)
         with torch.inference_mode():
-            return score_of(net.kind, item_nll(net, x, labels)).cpu()
+            return score_of(net.kind, item_nll(net, x, self._labels(len(x)))).cpu()
+
+    def _labels(self, count: int):
+        import torch
+
+        if not self.class_name:
+            return None
+        return torch.full((count,), self.sampler.label_index(self.class_name), device=self.device)
 
     def process(self, signal):
         import warnings

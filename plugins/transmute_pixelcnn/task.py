@@ -11,13 +11,14 @@ import torch
 
 from transmute.checkpoint import Checkpoint
 from transmute.errors import TransmuteError
+from transmute.imagedata import shift_edge
+from transmute.outliers import percentiles
 from transmute.signals import ImageSpec
 from transmute.training import Context, Task, TrainingData, require_hparam
 
 from transmute_pixelcnn.networks import PRESETS, PixelCNN, bits, count_parameters, cross_entropy, generate
 
 PLUGIN, MODEL, VERSION = "pixelcnn", "pixelcnn", "1.0"
-PERCENTILES = (50.0, 90.0, 95.0, 99.0, 99.5, 99.9)
 CALIBRATION_ITEMS = 1000
 SAMPLE_GRID = 8  # samples per row of the training sample grids
 
@@ -31,6 +32,8 @@ def validate_hparams(h: dict) -> None:
              f"{key} must be an odd whole number of at least 3, got {h[key]!r}")
     need(0 < h["lr"] < 1, f"lr must be a learning rate between 0 and 1, got {h['lr']!r}")
     need(0 <= h["dropout"] < 1, f"dropout must be from 0 to below 1, got {h['dropout']!r}")
+    need(h["width"] >= 3 and h["head"] >= 3, "width and head must be at least 3: colour models split them into a "
+                                             "group per channel")
     need(isinstance(h["shift"], int) and h["shift"] >= 0,
          f"shift must be a whole number of pixels, at least 0, got {h['shift']!r}")
 
@@ -47,15 +50,27 @@ def score_of(kind: str, nats: torch.Tensor) -> torch.Tensor:
 # --------------------------------------------------------------------------- data
 
 
-def folder_labels(names: list[str]) -> tuple[list[int], list[str]]:
-    """Each item's class from its top folder (data/digits/train/3/x.png -> '3'), and the sorted class names."""
+def folder_labels(names: list[str], folders: int = 1) -> tuple[list[int], list[str]]:
+    """Each item's class and the sorted class names. With one --data folder, the class is the sub-folder an
+    item lies in (DATA/3/x.png is '3'); with several, each folder is a class (--data kal --data slt), as the
+    items are then named FOLDER/... ."""
     tops = [name.split("/", 1)[0] if "/" in name else "" for name in names]
     if "" in tops:
-        raise TransmuteError("--conditional takes the class from each image's folder (DATA/CLASS/image.png), "
-                             "but some images lie directly in the data folder")
+        raise TransmuteError("--conditional takes each image's class from its folder (DATA/CLASS/image.png, or "
+                             "one --data folder per class), but some images lie directly in the data folder")
     classes = sorted(set(tops), key=lambda c: (len(c), c))
+    if len(classes) < 2:
+        where = "--data folders" if folders > 1 else "class folders under --data"
+        raise TransmuteError(f"--conditional needs at least two classes, found one ('{classes[0]}'): give two or "
+                             f"more {where}, or leave --conditional out")
     index = {c: i for i, c in enumerate(classes)}
     return [index[t] for t in tops], classes
+
+
+def recording_labels(names: list[str], folders: int) -> tuple[list[int], list[str]]:
+    """folder_labels of recordings, which are named FOLDER/relative path: with one --data folder, the class
+    is the sub-folder below it."""
+    return folder_labels([n.split("/", 1)[1] for n in names] if folders == 1 else names, folders)
 
 
 class Maps(TrainingData):
@@ -79,10 +94,7 @@ class Maps(TrainingData):
         if self.kind == "codes":
             item = item[int(rng.integers(item.shape[0]))]
         elif self.shift:
-            dy, dx = rng.integers(-self.shift, self.shift + 1, size=2)
-            s = self.shift
-            padded = np.pad(item, ((0, 0), (s, s), (s, s)), mode="edge")
-            item = padded[:, s - dy : s - dy + item.shape[1], s - dx : s - dx + item.shape[2]]
+            item = shift_edge(item, *rng.integers(-self.shift, self.shift + 1, size=2))
         x = torch.from_numpy(np.ascontiguousarray(item).astype(np.int64))
         label = self.labels[index] if self.labels is not None else -1
         return x, torch.tensor(label)
@@ -109,63 +121,28 @@ class CodeSegments(TrainingData):
         return [torch.from_numpy(self.maps[i].astype(np.int64))[None] for i in indices]
 
 
-def shifted(pixels: np.ndarray, dy: int, dx: int) -> np.ndarray:
-    """(n, C, S, S) images moved by (dy, dx), the edge pixels filling in (as ImageSet's shifts do)."""
-    s = max(abs(dy), abs(dx))
-    if not s:
-        return pixels
-    padded = np.pad(pixels, ((0, 0), (0, 0), (s, s), (s, s)), mode="edge")
-    return padded[:, :, s - dy : s - dy + pixels.shape[2], s - dx : s - dx + pixels.shape[3]]
-
-
-def encode_images(vqvae_ref: str, pixels: np.ndarray, shift: int = 0, batch: int = 256):
+def encode_images(codec, pixels: np.ndarray, shift: int = 0) -> np.ndarray:
     """uint8 (n, C, S, S) images -> int16 (n, variants, h, w) codes of the VQ-VAE, one variant per shift
-    (dy, dx) in [-shift, shift]^2 (the unshifted first); and the VQ-VAE's (net, codebooks, checkpoint)."""
-    from transmute_vqvae.networks import encode, pad_to_multiple
-    from transmute_vqvae.stages import load_model
-
-    net, codebooks, ckpt = load_model(vqvae_ref)
-    if ckpt.hparams.get("kind") != "images":
-        raise TransmuteError(f"{vqvae_ref}: a {ckpt.hparams.get('kind')} VQ-VAE; --codes-from takes an image VQ-VAE")
+    (dy, dx) in [-shift, shift]^2 (the unshifted first)."""
     offsets = [(0, 0)] + [(dy, dx) for dy in range(-shift, shift + 1) for dx in range(-shift, shift + 1)
                           if (dy, dx) != (0, 0)]
-    variants = []
-    with torch.inference_mode():
-        for dy, dx in offsets:
-            moved = shifted(pixels, dy, dx)
-            parts = []
-            for i in range(0, len(moved), batch):
-                x = torch.from_numpy(np.ascontiguousarray(moved[i : i + batch])).float().div(127.5).sub(1.0)
-                parts.append(encode(net, codebooks, pad_to_multiple(x, net.multiple, 2)))
-            variants.append(torch.cat(parts).to(torch.int16).numpy())
-    return np.stack(variants, axis=1), (net, codebooks, ckpt)
+    variants = [codec.encode_images(shift_edge(pixels, dy, dx)).to(torch.int16).numpy() for dy, dx in offsets]
+    return np.stack(variants, axis=1)
 
 
-def encode_speech(vqvae_ref: str, folders: list[Path]):
-    """Speech -> ({name: int16 (rows, groups) time-major code map}, lines of files left out, the VQ-VAE's
-    (net, codebooks, checkpoint)): the log-mels the VQ-VAE was trained on, encoded as vqvae.encode does."""
-    from transmute_vqvae.networks import encode, pad_to_multiple, silence
-    from transmute_vqvae.stages import load_model
-    from transmute_vqvae.task import read_mels
+def encode_speech(codec, folders: list[Path]) -> tuple[dict, list[str]]:
+    """Speech -> ({name: int16 (positions, groups) time-major code map}, lines of files left out): each
+    recording's codes as the vqvae-encode-speech pipeline makes them."""
+    from transmute.audio import read_audio_folders
 
-    net, codebooks, ckpt = load_model(vqvae_ref)
-    if ckpt.hparams.get("kind") != "speech":
-        raise TransmuteError(f"{vqvae_ref}: an image VQ-VAE, but the data is speech")
-    spec = ckpt.spec()
-    mels, skipped = read_mels(list(folders), spec)
-    shift, scale = float(ckpt.extra.get("mel_shift", 0.0)), float(ckpt.extra.get("mel_scale", 1.0))
-    floor = (silence(spec) + shift) / scale
+    audio, skipped = read_audio_folders(list(folders), codec.sample_rate)
     maps = {}
-    with torch.inference_mode():
-        for name, mel in mels.items():
-            x = pad_to_multiple((torch.from_numpy(mel)[None] + shift) / scale, net.multiple, 1, value=floor)
-            maps[name] = encode(net, codebooks, x)[0].T.to(torch.int16).numpy()
-    return maps, skipped, (net, codebooks, ckpt)
-
-
-def percentiles(values: torch.Tensor) -> dict[str, float]:
-    q = torch.quantile(values.double(), torch.tensor([p / 100 for p in PERCENTILES], dtype=torch.double))
-    return {f"{p:g}": round(float(v), 5) for p, v in zip(PERCENTILES, q)}
+    for name, samples in audio.items():
+        if len(samples) < codec.hop_length * codec.frames_per_row:
+            skipped.append(f"{name}: shorter than one code position")
+            continue
+        maps[name] = codec.encode_audio(samples).T.to(torch.int16).numpy()
+    return maps, skipped
 
 
 def item_nll(net: PixelCNN, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
@@ -210,10 +187,10 @@ class PixelCNNTask(Task):
         self.corpus, self.code_spec, self.source_size = corpus, code_spec, source_size
         self.map_size = data.map_size
         self.layout = "time" if isinstance(data, CodeSegments) else "image"
-        # Speech: frames_per_row, hop_length, sample_rate, mel_shift, mel_scale (how code rows become audio).
+        # Speech: frames_per_row, hop_length, sample_rate (how code rows become audio).
         self.speech = speech
         self.steps_done = 0
-        self.decoder = None  # the VQ-VAE (net, codebooks) that shows code samples, set by the command
+        self.codec = None  # the VQ-VAE (codec.Codec) that shows code samples, set by the command
 
     def hparams(self) -> dict:
         settings = {k: v for k, v in self.h.items() if k not in ("steps", "checkpoint_every", "sample_every")}
@@ -276,8 +253,11 @@ class PixelCNNTask(Task):
                             labels.to(self.ctx.device) if labels is not None else None, device=self.ctx.device)
         finally:
             net.train()
-        images = as_images(maps) if self.kind == "pixels" else decode_codes(self.decoder, maps)
-        if images is None:
+        if self.kind == "pixels":
+            images = as_images(maps)
+        elif self.codec is not None:
+            images = self.codec.decode_images(maps)
+        else:
             return
         folder.mkdir(parents=True, exist_ok=True)
         titles = [self.classes[int(labels[r * SAMPLE_GRID])] for r in range(rows)] if self.classes else None
@@ -287,9 +267,8 @@ class PixelCNNTask(Task):
     def write_speech_samples(self, step: int, folder: Path) -> None:
         """Two samples (one per class for a speaker-conditioned model) twice the training length, as log-mels."""
         from transmute.viz import spectrogram_png
-        from transmute_vqvae.networks import decode
 
-        if self.decoder is None:
+        if self.codec is None:
             return
         count = max(2, min(len(self.classes), 4))
         labels = torch.arange(count) % len(self.classes) if self.classes else None
@@ -299,28 +278,39 @@ class PixelCNNTask(Task):
                             labels.to(self.ctx.device) if labels is not None else None, device=self.ctx.device)
         finally:
             net.train()
-        vq, codebooks = self.decoder
-        with torch.inference_mode():
-            mels = decode(vq, codebooks, maps.transpose(1, 2).cpu()) * self.speech["mel_scale"] - \
-                self.speech["mel_shift"]
+        mels = self.codec.decode_mels(maps.transpose(1, 2).cpu())
         folder.mkdir(parents=True, exist_ok=True)
         titles = [f"sample {i}" + (f", {self.classes[int(labels[i])]}" if labels is not None else "")
                   for i in range(count)]
-        spectrogram_png(list(mels), folder / f"step{step:07d}.png", titles=titles)
+        spectrogram_png(mels, folder / f"step{step:07d}.png", titles=titles)
 
     def calibration(self) -> dict:
-        """Percentiles of the NLL over (up to 1000 of) the training items: the outlier thresholds."""
+        """Percentiles of the NLL over (up to 1000 of) the training items: the outlier thresholds. For a
+        conditional model, of the likelihood under any class (what pixelcnn.score computes by default) and,
+        per class, of its items' likelihood given their class (what it computes with class_name)."""
         final = self.steps_done >= self.h["steps"]
-        count = min(CALIBRATION_ITEMS if final else CALIBRATION_ITEMS // 10, len(self.maps.names))
+        # An intermediate checkpoint gets thresholds from 50 items (a conditional model's marginal costs a
+        # pass per class), enough to use it; the final model gets the full set.
+        count = min(CALIBRATION_ITEMS if final else CALIBRATION_ITEMS // 20, len(self.maps.names))
         pick = torch.linspace(0, len(self.maps.names) - 1, count).round().long().numpy()
+        batches = self.maps.whole(pick)
         self.net.eval()
-        try:  # as pixelcnn.score scores an input: a conditional model's marginal over the classes
-            scores = torch.cat([nll_batches(self.net, batch, None, self.ctx.device)
-                                for batch in self.maps.whole(pick)])
+        try:
+            scores = torch.cat([nll_batches(self.net, batch, None, self.ctx.device) for batch in batches])
+            out = {"items": count, "unit": unit(self.kind), "percentiles": percentiles(scores),
+                   "mean": round(float(scores.mean()), 5)}
+            if self.classes:
+                labels = torch.tensor([self.maps.labels[i] for i in pick])
+                given, start = [], 0
+                for batch in batches:
+                    given.append(nll_batches(self.net, batch, labels[start : start + len(batch)], self.ctx.device))
+                    start += len(batch)
+                given = torch.cat(given)
+                out["per_class"] = {name: percentiles(given[labels == k]) for k, name in enumerate(self.classes)
+                                    if int((labels == k).sum()) >= 2}
         finally:
             self.net.train()
-        return {"items": count, "unit": unit(self.kind), "percentiles": percentiles(scores),
-                "mean": round(float(scores.mean()), 5)}
+        return out
 
     def export(self) -> Checkpoint:
         tensors = {f"net/{k}": v.detach().float().cpu() for k, v in self.net.state_dict().items()}
@@ -352,17 +342,6 @@ class PixelCNNTask(Task):
 def as_images(levels: torch.Tensor) -> torch.Tensor:
     """uint8-valued levels (n, C, H, W) -> float images in [-1, 1]."""
     return levels.float() / 127.5 - 1.0
-
-
-def decode_codes(decoder, codes: torch.Tensor):
-    """Code maps -> images in [-1, 1] with a VQ-VAE (net, codebooks), or None without one."""
-    if decoder is None:
-        return None
-    from transmute_vqvae.networks import decode
-
-    net, codebooks = decoder
-    with torch.inference_mode():
-        return decode(net, codebooks, codes.cpu()).clamp(-1, 1)
 
 
 # --------------------------------------------------------------------------- a trained model

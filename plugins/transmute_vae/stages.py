@@ -6,8 +6,9 @@ import json
 
 from transmute.errors import CheckpointError, PipelineError
 from transmute.files import ScoreTable
+from transmute.outliers import PERCENTILES
 from transmute.signals import File, Images, ImageSpec, Latents, LatentSpec
-from transmute.stages import Param, Stage
+from transmute.stages import Param, Stage, item_seed
 
 from transmute_vae import DEFAULT_MODEL
 
@@ -156,14 +157,11 @@ class Sample(_ModelStage):
         return ImageSpec("L" if int(meta["hparams"]["channels"]) == 1 else "RGB", (-1.0, 1.0))
 
     def generate(self, count: int, names: list[str]) -> Images:
-        import zlib
-
         import torch
 
         def draw(name: str):
-            index = name.rsplit("-", 1)[-1]
-            seed = self.seed * 1_000_003 + (int(index) if index.isdigit() else zlib.crc32(name.encode()))
-            return torch.randn(self.net.latent_dim, generator=torch.Generator().manual_seed(seed))
+            generator = torch.Generator().manual_seed(item_seed(self.seed, name))
+            return torch.randn(self.net.latent_dim, generator=generator)
 
         z = torch.stack([draw(name) for name in names]) * self.temperature
         return Images(self.net.decode_image(z.to(self.device)), model_image_spec(self.ckpt), list(names))
@@ -184,7 +182,7 @@ class Score(_ModelStage):
                        "model has a background model, else complexity",
                        choices=("auto", "elbo", "iwae", "complexity", "ratio")),
         "percentile": Param(float, 99.0, "flag inputs scoring above this percentile of the training set",
-                            choices=(50.0, 90.0, 95.0, 99.0, 99.5, 99.9)),
+                            choices=PERCENTILES),
         "csv": Param(str, "scores.csv", "file (in the output folder) the scores are written to; '' for none"),
         "seed": Param(int, 0, "random draws of the bounds (scores are reproducible)"),
     }

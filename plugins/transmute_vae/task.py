@@ -10,7 +10,7 @@ import torch
 from transmute.checkpoint import Checkpoint
 from transmute.errors import TransmuteError
 from transmute.imagedata import ImageSet
-from transmute.outliers import compressed_bits_per_dim
+from transmute.outliers import compressed_bits_per_dim, percentiles
 from transmute.signals import ImageSpec
 from transmute.training import Context, Task, require_hparam
 
@@ -18,7 +18,6 @@ from transmute_vae.networks import PRESETS, VAE, bits_per_dim, count_parameters,
 
 PLUGIN, MODEL, VERSION = "vae", "vae", "1.0"
 SCORES = ("elbo", "iwae", "complexity", "ratio")  # ratio: models with a background model
-PERCENTILES = (50.0, 90.0, 95.0, 99.0, 99.5, 99.9)
 CALIBRATION_ITEMS = 1000
 SAMPLES = 8  # images in each sample grid
 
@@ -87,11 +86,6 @@ def mutate(x: torch.Tensor, share: float) -> torch.Tensor:
     hit = torch.rand((x.shape[0], 1, *x.shape[2:]), device=x.device) < share
     noise = torch.randint(0, 256, x.shape, device=x.device).float() / 127.5 - 1.0
     return torch.where(hit, noise, x)
-
-
-def percentiles(values: torch.Tensor) -> dict[str, float]:
-    q = torch.quantile(values.double(), torch.tensor([p / 100 for p in PERCENTILES], dtype=torch.double))
-    return {f"{p:g}": round(float(v), 5) for p, v in zip(PERCENTILES, q)}
 
 
 class VAETask(Task):
