@@ -440,7 +440,8 @@ def test_unknown_plugin_names_are_warned_with_the_names_that_exist(monkeypatch):
     monkeypatch.setenv("TRANSMUTE_PLUGINS", "audio,pipeline,images,cyclegan_vc")
     result = CliRunner().invoke(cli, ["--disable-plugin", "audo", "--disable-plugin", "images", "--help"])
     assert result.exit_code == 0
-    installed = "installed plugins: audio, cyclegan, cyclegan_vc, images, pipelines, pix2pix, vae, vocoder, vqvae"
+    installed = ("installed plugins: audio, cyclegan, cyclegan_vc, images, pipelines, pix2pix, pixelcnn, vae, vocoder, "
+                 "vqvae")
     assert result.stderr.splitlines() == [
         f"warning: --disable-plugin: no plugin named 'audo' (did you mean 'audio'?); {installed}",
         f"warning: TRANSMUTE_DISABLE_PLUGINS: no plugin named 'xyz'; {installed}",
