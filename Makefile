@@ -46,6 +46,9 @@ demo: $(STAMP)
 	$(BIN)/transmute run vae-outliers examples/digits examples/images/google -o demo-out/outliers
 	$(BIN)/transmute run sample-codes --count 64 -o demo-out/sample-codes
 	$(BIN)/transmute pixelcnn grid -o demo-out/pixelcnn/codes-grid.png
+	$(BIN)/transmute pixelcnn grid --model digits-pixelcnn --per-row 6 -o demo-out/pixelcnn/pixels-grid.png
+	$(BIN)/transmute run pixelcnn-outliers examples/digits examples/images/google -o demo-out/pixelcnn-outliers
+	$(BIN)/transmute run sample-codes-speech --count 2 -o demo-out/speech-babble
 	@echo "Listen: demo-out/resynthesize/ (log-mel and back with Griffin-Lim), demo-out/resynthesize-vocoder/"
 	@echo "(the same with the neural vocoder), demo-out/kal-to-slt/ and demo-out/slt-to-kal/ (voice conversion"
 	@echo "with the built-in converter), demo-out/kal-to-slt-vocoder/ (voiced by the vocoder); originals in examples/speech/"
@@ -55,7 +58,9 @@ demo: $(STAMP)
 	@echo "demo-out/digits-codec/ (digits through 7x7 codes), demo-out/vae/traverse.png and interpolate.png"
 	@echo "(the VAEs' latent spaces), demo-out/outliers/scores.csv (digits vs emoji: which the VAE flags)"
 	@echo "Priors: demo-out/sample-codes/ (64 new digits: PixelCNN code maps through the VQ-VAE decoder),"
-	@echo "demo-out/pixelcnn/codes-grid.png (a row per digit from the code prior)"
+	@echo "demo-out/pixelcnn/*-grid.png (a row per digit, from the code prior and from the pixel prior),"
+	@echo "demo-out/pixelcnn-outliers/scores.csv (the pixel prior's likelihood as an outlier score),"
+	@echo "demo-out/speech-babble/ (speech-like sounds in kal's and slt's voices from the speech code prior)"
 
 # Installs the festival voices with apt-get where it can (root or password-less
 # sudo); elsewhere the tests that need them are skipped, with the reason.
@@ -157,8 +162,8 @@ eval-latent: $(STAMP) digits-data corpus
 	$(BIN)/transmute eval vqvae --model speech-vqvae --data data/festival/eval/kal --data data/festival/eval/slt \
 	  --limit 20 --json runs/speech-vqvae-eval.json
 
-# Reproduce the PixelCNN priors (2 CPU cores: the code prior about 10 minutes, the pixel prior about 45; the
-# code prior learns the codes of the shipped digits-vqvae) and measure them (eval-priors, a few minutes).
+# Reproduce the PixelCNN priors (on one CPU core each: the code prior about 10 minutes, the pixel prior about
+# 75; the code prior learns the codes of the shipped digits-vqvae) and measure them (eval-priors, a few minutes).
 PIXELCNN_RUN = $(BIN)/transmute train pixelcnn --data data/digits/train --conditional --preset small --seed 0
 model-pixelcnn: $(STAMP) digits-data
 	$(PIXELCNN_RUN) --codes-from digits-vqvae --out runs/digits-codes-pixelcnn \
@@ -167,7 +172,7 @@ model-pixelcnn: $(STAMP) digits-data
 	cp runs/digits-codes-pixelcnn/model.safetensors plugins/transmute_pixelcnn/models/digits-codes-pixelcnn.safetensors
 	cp runs/digits-pixelcnn/model.safetensors plugins/transmute_pixelcnn/models/digits-pixelcnn.safetensors
 
-# The prior over the speech VQ-VAE's codes, conditioned on the speaker (about 35 minutes on 2 CPU cores).
+# The prior over the speech VQ-VAE's codes, conditioned on the speaker (about 25 minutes on one CPU core).
 model-speech-pixelcnn: $(STAMP) corpus
 	$(BIN)/transmute train pixelcnn --data data/festival/train/kal --data data/festival/train/slt \
 	  --codes-from speech-vqvae --conditional --preset small --seed 0 --out runs/speech-codes-pixelcnn \

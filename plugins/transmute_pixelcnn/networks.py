@@ -54,11 +54,12 @@ PRESETS = {
 # What differs by kind: a pixel model's 256-way head over 784 positions costs several times a code model's
 # step over 49, so its small preset takes smaller batches and fewer steps within its CPU budget. Its later
 # layers have kernel 5: with 3, 8 layers see 10 rows up and the samples were strokes without a digit's shape
-# (a 28 px digit spans 20 rows); with 5 they see 17.
+# (a 28 px digit spans 20 rows); with 5 they see 17. Speech: 6,000 steps learnt the 600 training sentences
+# (2.30 nats/code on them, 4.12 on held-out ones); 2,000 with dropout 0.2 before the head: 3.23 and 3.69.
 KIND_CHANGES = {
     "default": {"pixels": {}, "codes": {}, "speech": {}},
     "small": {"pixels": {"kernel": 5, "batch_size": 16, "steps": 3000, "checkpoint_every": 100, "sample_every": 500},
-              "codes": {}, "speech": {"steps": 6000, "checkpoint_every": 500}},
+              "codes": {}, "speech": {"steps": 2000, "dropout": 0.2, "checkpoint_every": 500}},
     "tiny": {"pixels": {}, "codes": {}, "speech": {}},
 }
 

@@ -115,8 +115,8 @@ class _Sample(Stage):
         "seed": Param(int, 0, "sample i of a run is drawn with seed (seed, i): the same at any batch size"),
         "cached": Param(bool, True, "the fast sampler (Ramachandran et al., 2017); false: the whole network "
                                     "over the whole map for every position (the same samples, far slower)"),
-        "seconds": Param(float, 3.0, "a speech prior's samples last this long (an image prior ignores it)",
-                         min=0.05),
+        "seconds": Param(float, 3.0, "a speech prior's samples last this long (an image code prior's maps "
+                                     "have the size it learnt)", min=0.05),
     }
 
     def check(self, incoming):
@@ -168,7 +168,8 @@ class Sample(_Sample):
 
     name = "pixelcnn.sample"
     produces = Images
-    params = dict(_Sample.params, model=Param(str, PIXELS_MODEL, MODEL_PARAM.help))
+    params = dict({k: v for k, v in _Sample.params.items() if k != "seconds"},
+                  model=Param(str, PIXELS_MODEL, MODEL_PARAM.help))
     kind_needed = "pixels"
 
 
