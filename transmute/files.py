@@ -265,6 +265,19 @@ class ScoreTable:
         """Add or replace the row of item row[0] (an item scored again keeps one row)."""
         self.rows[row[0]] = [str(v) for v in row]
 
+    def record(self, name: str, cells: list[str], value: float, threshold: float, message: str) -> bool:
+        """Add item `name`'s row, [name, *cells, threshold, unusual], where unusual says whether `value` is above
+        the threshold; an unusual item is warned about (an InputWarning naming it: "unusual input: MESSAGE")."""
+        import warnings
+
+        from transmute.errors import InputWarning
+
+        unusual = value > threshold
+        self.set([name, *cells, f"{threshold:.4f}", "yes" if unusual else "no"])
+        if unusual:
+            warnings.warn(InputWarning(f"unusual input: {message}", item=name))
+        return unusual
+
     def write(self) -> None:
         import csv
 

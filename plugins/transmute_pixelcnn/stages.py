@@ -266,18 +266,11 @@ class _Score(Stage):
         return torch.full((count,), self.sampler.label_index(self.class_name), device=self.device)
 
     def process(self, signal):
-        import warnings
-
-        from transmute.errors import InputWarning
-
         scores = self.scores(signal)
         for name, value in zip(signal.names, scores.tolist()):
-            unusual = value > self.threshold
-            self.table.set([name, f"{value:.4f}", f"{self.threshold:.4f}", "yes" if unusual else "no"])
-            if unusual:
-                warnings.warn(InputWarning(
-                    f"unusual input: {value:.3f} {self.unit} is above {self.threshold:.3f}, the {self.percentile:g}th "
-                    f"percentile of the training set of '{self.model}'", item=name))
+            self.table.record(name, [f"{value:.4f}"], value, self.threshold,
+                              f"{value:.3f} {self.unit} is above {self.threshold:.3f}, the {self.percentile:g}th "
+                              f"percentile of the training set of '{self.model}'")
         self.table.write()
         return signal
 

@@ -210,24 +210,18 @@ class Score(_ModelStage):
                                 ["name", *self.columns, f"threshold_{self.score}", "unusual"])
 
     def process(self, signal: Images) -> Images:
-        import warnings
         import zlib
 
-        from transmute.errors import InputWarning
         from transmute_vae.task import outlier_scores
 
         seeds = [self.seed * 1_000_003 + zlib.crc32(name.encode()) for name in signal.names]
         scores = outlier_scores(self.net, self._fit(signal), self.k, seeds, self.background)
         for i, name in enumerate(signal.names):
             value = float(scores[self.score][i])
-            unusual = value > self.threshold
             # Keyed by name: an item scored again (the runner retries a failed batch item by item) keeps one row.
-            self.table.set([name, *(f"{float(scores[k][i]):.4f}" for k in self.columns), f"{self.threshold:.4f}",
-                            "yes" if unusual else "no"])
-            if unusual:
-                warnings.warn(InputWarning(
-                    f"unusual input: {self.score} score {value:.3f} bits/dim is above {self.threshold:.3f}, the "
-                    f"{self.percentile:g}th percentile of the training set of '{self.model}'", item=name))
+            self.table.record(name, [f"{float(scores[k][i]):.4f}" for k in self.columns], value, self.threshold,
+                              f"{self.score} score {value:.3f} bits/dim is above {self.threshold:.3f}, the "
+                              f"{self.percentile:g}th percentile of the training set of '{self.model}'")
         self.table.write()
         return signal
 
