@@ -163,7 +163,8 @@ eval-latent: $(STAMP) digits-data corpus
 	  --limit 20 --json runs/speech-vqvae-eval.json
 
 # Reproduce the PixelCNN priors (on one CPU core each: the code prior about 10 minutes, the pixel prior about
-# 75; the code prior learns the codes of the shipped digits-vqvae) and measure them (eval-priors, a few minutes).
+# 75; the code prior learns the codes of the shipped digits-vqvae) and measure them (eval-priors: about 15 minutes,
+# most of it the pixel prior scoring 2,500 images under each of its 10 classes).
 PIXELCNN_RUN = $(BIN)/transmute train pixelcnn --data data/digits/train --conditional --preset small --seed 0
 model-pixelcnn: $(STAMP) digits-data
 	$(PIXELCNN_RUN) --codes-from digits-vqvae --out runs/digits-codes-pixelcnn \
